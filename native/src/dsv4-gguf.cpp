@@ -345,6 +345,7 @@ void dsv4_gguf_close(dsv4_gguf * g) {
 uint32_t dsv4_gguf_version(const dsv4_gguf * g) { return g->version; }
 uint64_t dsv4_gguf_file_size(const dsv4_gguf * g) { return g->file_size; }
 uint64_t dsv4_gguf_alignment(const dsv4_gguf * g) { return g->alignment; }
+uint64_t dsv4_gguf_data_offset(const dsv4_gguf * g) { return g->data_start; }
 const char * dsv4_gguf_path(const dsv4_gguf * g) { return g->path.c_str(); }
 
 int64_t dsv4_gguf_n_kv(const dsv4_gguf * g) { return (int64_t) g->kv.size(); }

@@ -48,6 +48,7 @@ void        dsv4_gguf_close(struct dsv4_gguf * gguf);
 uint32_t    dsv4_gguf_version(const struct dsv4_gguf * gguf);
 uint64_t    dsv4_gguf_file_size(const struct dsv4_gguf * gguf);
 uint64_t    dsv4_gguf_alignment(const struct dsv4_gguf * gguf);
+uint64_t    dsv4_gguf_data_offset(const struct dsv4_gguf * gguf);  // file offset of the data section
 const char * dsv4_gguf_path(const struct dsv4_gguf * gguf);
 
 // Metadata. Keys are looked up by exact name; index -1 means absent.
