@@ -1,0 +1,1 @@
+"""Plain-PyTorch reference of DeepSeek-V4 and its DSpark draft (see README.md)."""
