@@ -120,14 +120,24 @@ def _pow2_scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(amax), e)
 
 
+def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """[..., n] -> [..., ceil(n/block), block]. A partial last block (e.g. q_lora_rank 192 with
+    FP8 blocks of 128, which the official kernel would refuse) is padded with zeros, which do not
+    change its amax and quantize to zero."""
+    n = x.shape[-1]
+    pad = -n % block
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.unflatten(-1, (-1, block)), n
+
+
 def fp8_fakequant(x: torch.Tensor, block: int) -> torch.Tensor:
     """act_quant / fp8_fakequant: per `block` channels, amax = max(|x|, 1e-4),
     s = 2^ceil(log2(amax/448)), x -> e4m3(clamp(x/s, +-448)) * s."""
-    shape = x.shape
-    xb = x.unflatten(-1, (-1, block))
+    xb, n = _blocks(x, block)
     s = _pow2_scale(xb.abs().amax(-1, keepdim=True).clamp_min(1e-4), 448.0)
     q = (xb / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(x.dtype)
-    return (q * s).reshape(shape)
+    return (q * s).flatten(-2)[..., :n]
 
 
 _E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -136,8 +146,7 @@ _E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 def fp4_fakequant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     """fp4_fakequant: amax = max(|x|, 6*2^-126), s = 2^ceil(log2(amax/6)), round clamp(x/s, +-6)
     to the E2M1 grid with round-to-nearest-even (the even code wins a tie), times s."""
-    shape = x.shape
-    xb = x.unflatten(-1, (-1, block))
+    xb, n = _blocks(x, block)
     s = _pow2_scale(xb.abs().amax(-1, keepdim=True).clamp_min(6 * 2.0 ** -126), 6.0)
     v = (xb / s).clamp(-6.0, 6.0)
     grid = torch.tensor(_E2M1_GRID, dtype=x.dtype)
@@ -146,7 +155,7 @@ def fp4_fakequant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     even = torch.tensor([2.0 if c % 2 == 0 else 1.0 for c in range(len(_E2M1_GRID))], dtype=x.dtype)
     code = (nearest.to(x.dtype) * even).argmax(-1)
     q = grid[code] * torch.sign(v)
-    return (q * s).reshape(shape)
+    return (q * s).flatten(-2)[..., :n]
 
 
 class Params:
