@@ -12,7 +12,11 @@ Q8_0_BLOCK_BYTES = 34
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+    # roundf. Not floor(|x| + 0.5): for |x| = 0.49999997 that sum rounds up to 1.0 in float32.
+    # |x| - floor(|x|) is exact, so comparing it with 0.5 is too.
+    a = np.abs(x)
+    f = np.floor(a)
+    return np.sign(x) * (f + (a - f >= np.float32(0.5)))
 
 
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:

@@ -316,7 +316,7 @@ dsv4_status dsv4_e2m1_to_float(const uint8_t * codes, float * dst, int64_t n) {
     // Checked before writing anything, so a failed call leaves dst untouched.
     for (int64_t i = 0; i < n; i++) {
         if (codes[i] > 15) {
-            return dsv4_set_error(DSV4_ERR_INVALID_ARG, "e2m1: code %u at index %" PRId64 " is not in 0..15",
+            return dsv4_set_error(DSV4_ERR_INVALID_ARG, "E2M1 code %u at index %" PRId64 " is not in 0..15",
                                   (unsigned) codes[i], i);
         }
     }

@@ -1,0 +1,71 @@
+"""Type stubs of the compiled module dsv4._native (pybindings/module.cpp and bind_*.cpp).
+
+Byte-level functions take numpy arrays and never cast values: byte arrays may be uint8 or int8
+(and the ml_dtypes type named below), float inputs must be float32. Wrong dtypes or shapes raise
+ValueError naming the function, the argument and what was expected.
+"""
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+_Bytes = npt.NDArray[np.uint8] | npt.NDArray[np.int8]
+_F32 = npt.NDArray[np.float32]
+_U16 = npt.NDArray[np.uint16]
+
+class TypeInfo(TypedDict):
+    name: str            # "f32", "f16", "bf16", "q8_0", "mxfp4", "i8", "i32", "fp8_e4m3"
+    type: int            # dsv4_type id (dense, not the GGUF id)
+    gguf_type: int | None  # GGUF / ggml type id; None for fp8_e4m3
+    block_size: int      # elements per block
+    type_size: int       # bytes per block
+    is_quantized: bool
+    scale_block: int | None  # 128 for fp8_e4m3 (needs a [ceil(out/128), ceil(in/128)] scale tensor)
+    has_to_float: bool
+    has_from_float: bool
+
+def version() -> str: ...
+
+# Scalars, element-wise (output has the input's shape).
+def decode_e4m3(data: _Bytes | npt.NDArray[Any]) -> _F32:
+    """float8_e4m3fn bytes -> float32; 0x7F and 0xFF give NaN (0x7FC00000)."""
+def decode_ue8m0(data: _Bytes | npt.NDArray[Any]) -> _F32:
+    """float8_e8m0fnu bytes -> 2^(e-127); 0 gives 2^-127, 0xFF gives NaN."""
+def decode_e2m1(codes: _Bytes) -> _F32:
+    """E2M1 codes 0..15 (one per byte) -> float32; a code above 15 raises ValueError."""
+def bf16_to_f32(bits: _U16 | npt.NDArray[np.int16] | npt.NDArray[Any]) -> _F32: ...
+def f32_to_bf16(x: _F32) -> _U16:
+    """Round to nearest even; NaN stays a quiet NaN."""
+def f16_to_f32(bits: _U16 | npt.NDArray[np.int16] | npt.NDArray[np.float16]) -> _F32: ...
+def f32_to_f16(x: _F32) -> _U16:
+    """IEEE half bit patterns, round to nearest even, overflow to inf."""
+
+# Block formats, row-wise over the last axis.
+def quantize_q8_0(x: _F32) -> npt.NDArray[np.uint8]:
+    """[..., n] (n % 32 == 0) -> [..., n/32*34], bit-exact with ggml's quantize_row_q8_0_ref."""
+def dequantize_q8_0(data: _Bytes) -> _F32:
+    """[..., nb*34] -> [..., nb*32]."""
+def decode_mxfp4(data: _Bytes) -> _F32:
+    """[..., nb*17] -> [..., nb*32], as ggml dequantizes MXFP4."""
+
+# DeepSeek-V4 checkpoint weights.
+def decode_fp8_weight(weight: _Bytes | npt.NDArray[Any], scale: _Bytes | _F32 | npt.NDArray[Any]) -> _F32:
+    """e4m3 bytes [out, in] x scales [ceil(out/128), ceil(in/128)] (UE8M0 bytes or float32) -> [out, in]."""
+def decode_fp4_weight(packed: _Bytes, scale: _Bytes | npt.NDArray[Any]) -> _F32:
+    """packed [out, in/2] (low nibble = even element), UE8M0 scale [out, in/32] -> [out, in]."""
+def fp4_to_mxfp4(packed: _Bytes, scale: _Bytes | npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Lossless repack to MXFP4 bytes [out, in/32*17]."""
+
+# The type traits table. A type is a name ("q8_0", any case) or a GGUF type id (int-like).
+def type_info(name_or_id: str | int) -> TypeInfo: ...
+def type_names() -> list[str]: ...
+def to_float(type: str | int, data: npt.NDArray[Any]) -> _F32:
+    """Decode rows of raw bytes (the last axis, any dtype viewed as bytes) with the type's decoder."""
+def from_float(type: str | int, x: _F32) -> npt.NDArray[np.uint8]:
+    """Encode float32 rows with the type's encoder (f32, f16, bf16, q8_0)."""
+
+# GGUF reader (bind_gguf.cpp).
+def gguf_read(path: str) -> dict[str, Any]:
+    """{version, alignment, file_size, data_offset, metadata, tensors} as the engine's reader sees them."""
