@@ -170,6 +170,60 @@ def test_fake_quant_values_are_on_their_grids():
     assert ops.fp4_fakequant(v)[:8].tolist() == [6.0, 0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
 
 
+def test_sink_attention_matches_the_literal_formula():
+    """§4.2: p_i = exp(s_i - M) / (sum_i exp(s_i - M) + exp(sink_h - M)), M = max_i s_i; o = sum p_i kv_i."""
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(3, 2, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    sink = torch.tensor([0.3, -2.0], dtype=torch.float64)
+    visible = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    got = ops.sink_attention(q, bank, visible, sink, 8 ** -0.5)
+    for m in range(3):
+        for h in range(2):
+            idx = torch.nonzero(visible[m]).flatten()
+            s = (bank[idx] @ q[m, h]) * 8 ** -0.5
+            M = s.max()
+            p = torch.exp(s - M) / (torch.exp(s - M).sum() + torch.exp(sink[h] - M))
+            assert torch.allclose(got[m, h], p @ bank[idx])
+
+
+def test_mhc_comb_rows_are_sources_and_columns_destinations():
+    """§3.2-3.3: after Sinkhorn every destination column sums to ~1, and
+    h_new[k] = post[k] * x + sum_j C[j][k] * res[j]."""
+    from tests.reference.mhc import hc_post, sinkhorn
+
+    g = torch.Generator().manual_seed(0)
+    c = sinkhorn(torch.randn(2, 4, 4, generator=g, dtype=torch.float64), 20, 1e-6)
+    assert torch.allclose(c.sum(-2), torch.ones(2, 4, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(c.sum(-1), torch.ones(2, 4, dtype=torch.float64), atol=1e-3)
+    x, res, post = torch.randn(2, 3, generator=g), torch.randn(2, 4, 3, generator=g), torch.rand(2, 4, generator=g)
+    comb = torch.rand(2, 4, 4, generator=g)
+    got = hc_post(x, res, post, comb)
+    for s_ in range(2):
+        for k in range(4):
+            want = post[s_, k] * x[s_] + sum(comb[s_, j, k] * res[s_, j] for j in range(4))
+            assert torch.allclose(got[s_, k], want, atol=1e-6)
+
+
+def test_overlap_compressor_pools_half_a_of_previous_and_half_b_of_current_block(model0):
+    """§4.5 with r = 4: entry j = per-channel softmax over 8 candidates, (a, g) of channel ch
+    from the 4 tokens of block j-1 and of channel Dc+ch from the 4 tokens of block j."""
+    comp = model0.layers[1].attn.compressor
+    assert comp.ratio == 4 and comp.overlap
+    x = torch.randn(12, model0.cfg.dim, generator=torch.Generator().manual_seed(0))
+    a, g = comp._values_gates(x, torch.arange(12))
+    Dc = comp.width
+    entries = comp.full(x)
+    assert entries.shape == (3, Dc)
+    for j in range(3):
+        prev = list(range(4 * (j - 1), 4 * j)) if j > 0 else []
+        cur = list(range(4 * j, 4 * j + 4))
+        vals = torch.stack([a[t, :Dc] for t in prev] + [a[t, Dc:] for t in cur])      # [4 or 8, Dc]
+        gates = torch.stack([g[t, :Dc] for t in prev] + [g[t, Dc:] for t in cur])
+        pooled = (torch.softmax(gates, dim=0) * vals).sum(0)
+        want = comp._finish(pooled[None], torch.tensor([j]))[0]                         # norm + RoPE at 4j
+        assert rel_err(entries[j:j + 1], want[None]) <= 1e-6, j
+
+
 # ---------------------------------------------------------------- target: full vs cached routes
 
 def test_full_forward_prefixes_are_causal(model0, full0):
@@ -213,7 +267,8 @@ def test_second_seed_decode_and_chunks_match_full_forward(tmp_path):
     model = V4Model.load(make_fixture(tmp_path / "seed1", seed=1))
     toks = _tokens(1)
     full = model.forward(toks)
-    _check_routes_agree(model, toks, full, [1] * 140 + [8] * 20)
+    # Single-token steps around the window, the first HCA boundary and the second, chunks between.
+    _check_routes_agree(model, toks, full, [1] * 20 + [9] * 11 + [1] * 16 + [13] * 8 + [1] * 20 + [41])
     _check_routes_agree(model, toks, full, [11, 2, 130, 1, 1, 155])
 
 

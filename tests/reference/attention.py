@@ -251,6 +251,7 @@ class Attention:
         if self.ratio:
             comp = self.compressor.full(x)
             index_keys = self.indexer.compressor.full(x) if self.ratio == 4 else None
+            assert index_keys is None or index_keys.shape[0] == comp.shape[0]   # same entry numbering
             comp_vis = self._compressed_visibility(comp.shape[0], pos, x, qr, index_keys)
             bank, visible = torch.cat([kv, comp]), torch.cat([raw_vis, comp_vis], dim=1)
         out = self.attend(q, bank, visible, pos)
@@ -289,6 +290,7 @@ class Attention:
             if self.ratio == 4:
                 new_keys = self.indexer.compressor.stream(x, pos, cache.index_state)
                 cache.index_keys = torch.cat([cache.index_keys, new_keys])
+                assert cache.index_keys.shape[0] == cache.comp.shape[0]       # same entry numbering
             comp_vis = self._compressed_visibility(cache.comp.shape[0], pos, x, qr, cache.index_keys)
             bank, visible = torch.cat([raw_bank, cache.comp]), torch.cat([raw_vis, comp_vis], dim=1)
         out = self.attend(q, bank, visible, pos)

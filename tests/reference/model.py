@@ -120,6 +120,8 @@ class V4Model:
     def forward(self, tokens: Sequence[int] | torch.Tensor) -> ForwardOutput:
         """Full-sequence forward at positions 0..S-1."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
+        if len(tokens) == 0:
+            raise ValueError("forward needs at least one token")
         return self._run(tokens, lambda i: lambda attn, x: attn.forward_full(x))
 
     def new_cache(self) -> Cache:
@@ -130,6 +132,8 @@ class V4Model:
         """Rows at positions start..start+n-1 (start = cache.length) given `cache`, which is
         advanced in place. n = 1 is token-by-token decode, n > 1 chunked prefill."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
+        if len(tokens) == 0:
+            raise ValueError("forward_incremental needs at least one token")
         if start is not None and start != cache.length:
             raise ValueError(f"start {start} != cache length {cache.length}: roll back with a cache snapshot")
         pos = torch.arange(cache.length, cache.length + len(tokens))

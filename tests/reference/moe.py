@@ -51,8 +51,7 @@ class MoE:
     def __call__(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         idx, w = self.route(x, tokens)
         y = torch.zeros_like(x)
-        for e in range(self.cfg.n_routed_experts):
+        for e in idx.unique().tolist():
             rows, slot = torch.nonzero(idx == e, as_tuple=True)
-            if rows.numel():
-                y[rows] += self.expert(f"{self.prefix}.experts.{e}", x[rows], w[rows, slot])
+            y[rows] += self.expert(f"{self.prefix}.experts.{e}", x[rows], w[rows, slot])
         return y + self.expert(f"{self.prefix}.shared_experts", x, None)
