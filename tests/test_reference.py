@@ -173,7 +173,8 @@ def test_fake_quant_values_are_on_their_grids():
 def test_sink_attention_matches_the_literal_formula():
     """§4.2: p_i = exp(s_i - M) / (sum_i exp(s_i - M) + exp(sink_h - M)), M = max_i s_i; o = sum p_i kv_i."""
     g = torch.Generator().manual_seed(0)
-    q, bank = torch.randn(3, 2, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    q = torch.randn(3, 2, 8, generator=g, dtype=torch.float64)
+    bank = torch.randn(5, 8, generator=g, dtype=torch.float64)
     sink = torch.tensor([0.3, -2.0], dtype=torch.float64)
     visible = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
     got = ops.sink_attention(q, bank, visible, sink, 8 ** -0.5)

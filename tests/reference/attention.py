@@ -269,7 +269,8 @@ class Attention:
             cache.index_state = CompressorState.empty(4, c.index_head_dim, dtype)
         return cache
 
-    def forward_incremental(self, x: torch.Tensor, pos: torch.Tensor, cache: LayerCache) -> tuple[torch.Tensor, AttnInfo]:
+    def forward_incremental(self, x: torch.Tensor, pos: torch.Tensor,
+                            cache: LayerCache) -> tuple[torch.Tensor, AttnInfo]:
         """x [n, d] at consecutive positions `pos`, continuing `cache` (updated in place).
 
         The bank is [ring entries of earlier tokens | this chunk's raw kv | compressed entries],

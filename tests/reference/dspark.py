@@ -112,7 +112,8 @@ class DSparkDraft:
         for s, stage in enumerate(self.stages):
             ring_kv = ring.kv[s, in_window]
 
-            def attend(attn: Attention, x: torch.Tensor, ring_kv: torch.Tensor = ring_kv) -> tuple[torch.Tensor, AttnInfo]:
+            def attend(attn: Attention, x: torch.Tensor,
+                       ring_kv: torch.Tensor = ring_kv) -> tuple[torch.Tensor, AttnInfo]:
                 q, _ = attn.queries(x, pos)               # weightless per-head RMS, RoPE θ rope_theta
                 bank = torch.cat([ring_kv, attn.keys(x, pos)])
                 everything = torch.ones(gamma, bank.shape[0], dtype=torch.bool)
