@@ -2,6 +2,7 @@
 // validate tensor data placement. See dsv4-gguf.h.
 #include "dsv4-gguf.h"
 #include "dsv4-impl.h"
+#include "dsv4-types.h"
 
 #include <cerrno>
 #include <cstring>
@@ -20,27 +21,6 @@ namespace {
 constexpr uint32_t k_gguf_magic = 0x46554747u;  // "GGUF" little-endian
 constexpr uint64_t k_default_alignment = 32;
 constexpr uint64_t k_max_string = 1ull << 30;    // no key or value string is anywhere near 1 GiB
-
-struct type_block {
-    uint32_t     id;
-    const char * name;
-    int64_t      block_size;
-    int64_t      block_bytes;
-};
-
-// The ggml types a dsv4 / deepseek4 / dflash file may hold. Others are rejected by name.
-constexpr type_block k_types[] = {
-    {0,  "F32",   1,  4},
-    {1,  "F16",   1,  2},
-    {8,  "Q8_0",  32, 34},
-    {24, "I8",    1,  1},
-    {25, "I16",   1,  2},
-    {26, "I32",   1,  4},
-    {27, "I64",   1,  8},
-    {28, "F64",   1,  8},
-    {30, "BF16",  1,  2},
-    {39, "MXFP4", 32, 17},
-};
 
 struct kv_entry {
     std::string      key;
@@ -99,21 +79,18 @@ struct dsv4_gguf {
 };
 
 bool dsv4_gguf_type_block(uint32_t ggml_type, int64_t * block_size, int64_t * block_bytes) {
-    for (const type_block & t : k_types) {
-        if (t.id == ggml_type) {
-            if (block_size) *block_size = t.block_size;
-            if (block_bytes) *block_bytes = t.block_bytes;
-            return true;
-        }
-    }
-    return false;
+    dsv4_type type;
+    if (ggml_type > INT32_MAX || dsv4_type_from_gguf((int32_t) ggml_type, &type) != DSV4_OK) return false;
+    const dsv4_type_traits * tr = dsv4_get_type_traits(type);
+    if (block_size) *block_size = tr->block_size;
+    if (block_bytes) *block_bytes = (int64_t) tr->type_size;
+    return true;
 }
 
 const char * dsv4_gguf_type_name(uint32_t ggml_type) {
-    for (const type_block & t : k_types) {
-        if (t.id == ggml_type) return t.name;
-    }
-    return "unknown";
+    dsv4_type type;
+    if (ggml_type > INT32_MAX || dsv4_type_from_gguf((int32_t) ggml_type, &type) != DSV4_OK) return "unknown";
+    return dsv4_get_type_traits(type)->name;
 }
 
 namespace {

@@ -78,6 +78,7 @@ int64_t dsv4_gguf_n_tensors(const struct dsv4_gguf * gguf);
 const struct dsv4_gguf_tensor * dsv4_gguf_tensor_at(const struct dsv4_gguf * gguf, int64_t i);
 const struct dsv4_gguf_tensor * dsv4_gguf_find_tensor(const struct dsv4_gguf * gguf, const char * name);
 
-// Block size and bytes per block of a ggml type this engine knows; false for unknown types.
+// Block size and bytes per block of a GGUF tensor type the engine knows (the dsv4-types table);
+// false for any other type, which the reader rejects by id.
 bool dsv4_gguf_type_block(uint32_t ggml_type, int64_t * block_size, int64_t * block_bytes);
 const char * dsv4_gguf_type_name(uint32_t ggml_type);

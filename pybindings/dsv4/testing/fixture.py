@@ -59,7 +59,7 @@ FIXTURE_CONFIG: dict[str, Any] = {
     },
     "max_position_embeddings": 4096,
     "index_n_heads": 4,
-    "index_head_dim": 64,
+    "index_head_dim": 128,       # > qk_rope_head_dim, so the indexer vector has an un-roped part
     "index_topk": 4,
     "n_routed_experts": 8,
     "n_shared_experts": 1,
