@@ -1,0 +1,369 @@
+// AVX2 + FMA + F16C matmul kernels (x86-64). Every function in this file is compiled for that
+// target through the pragma below, so no -march flag is needed; the driver only calls into here
+// after __builtin_cpu_supports says the CPU has the features.
+//
+// Float family (F32/F16/BF16/FP8): tiles of OR weight rows x RT activation rows, one accumulator
+// register per (weight row, activation row); each 8-wide weight vector is decoded once and used RT
+// times. FP8 uses the e4m3 -> f16 bit trick: byte b becomes the f16 bits
+// ((b & 0x80) << 8) | ((b & 0x7F) << 7), whose value is e4m3(b) * 2^-8 exactly (normals and
+// subnormals); the 2^8 and the 128x128 block scale are folded into a rescaled copy of the
+// activations made once per 128-row output block.
+//
+// Integer family (Q8_0/MXFP4 x 8-bit activations): per 32-block, |w| x sign(x, w) through
+// vpmaddubsw (no saturation: |w| <= 128, |x| <= 127), vpmaddwd to int32, then one FMA with
+// d_w * d_x per block.
+#if defined(__x86_64__)
+
+#include "cpu/dsv4-matmul-impl.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+namespace {
+
+enum { T_F32, T_F16, T_BF16, T_FP8 };
+
+constexpr int k_rt_max = 6;  // activation rows per register tile
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// 8 weights of a row starting at column k, as f32 (FP8: times 2^-8).
+template <int T>
+inline __m256 load8(const uint8_t * row, int64_t k) {
+    if constexpr (T == T_F32) {
+        return _mm256_loadu_ps((const float *) row + k);
+    } else if constexpr (T == T_F16) {
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (row + 2 * k)));
+    } else if constexpr (T == T_BF16) {
+        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (row + 2 * k)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    } else {
+        // sign-extend to 16 bits and shift by 7: bit 15 = sign, bits 7..14 = b; clear bit 14
+        const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *) (row + k)));
+        const __m128i h = _mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16((short) 0xBF80));
+        return _mm256_cvtph_ps(h);
+    }
+}
+
+template <int T>
+inline float load1(const uint8_t * row, int64_t k) {
+    if constexpr (T == T_F32) {
+        float v;
+        memcpy(&v, row + 4 * k, 4);
+        return v;
+    } else if constexpr (T == T_F16 || T == T_BF16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * k, 2);
+        return T == T_F16 ? dsv4_mm_f16_to_f32(h) : dsv4_mm_bf16_to_f32(h);
+    } else {
+        return dsv4_mm_e4m3_to_f32(row[k]) * 0.00390625f;
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile_float(const uint8_t * const * w, const float * const * x, int64_t n, float * out) {
+    __m256 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+        }
+    }
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            const __m256 wv = load8<T>(w[i], k);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                acc[i][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + k), acc[i][r]);
+            }
+        }
+    }
+    float tail[OR][RT] = {};
+    for (; k < n; k++) {
+        for (int i = 0; i < OR; i++) {
+            const float wk = load1<T>(w[i], k);
+            for (int r = 0; r < RT; r++) {
+                tail[i][r] += wk * x[r][k];
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = hsum(acc[i][r]) + tail[i][r];
+        }
+    }
+}
+
+// Output rows [o, o + OR) against all activation rows (pointers xs[0..R)), RT rows at a time.
+template <int T, int OR>
+inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const float * const * xs) {
+    const uint8_t * wp[OR];
+    for (int i = 0; i < OR; i++) {
+        wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
+    }
+    float out[OR * k_rt_max];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+        const int64_t left = rows->n - r0;
+        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const float * const * x = xs + r0;
+        switch (rt) {
+            case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
+            case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
+            case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
+            case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
+            case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
+            default: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
+        }
+        for (int r = 0; r < rt; r++) {
+            float * y = dsv4_mm_y_row(rows, r0 + r);
+            for (int i = 0; i < OR; i++) {
+                y[o + i] = out[i * rt + r];
+            }
+        }
+    }
+}
+
+// x'[k] = x[k] * scale[k / 128] * 256 for one activation row (FP8).
+inline void rescale_row(const float * x, const float * sc, int64_t n, float * dst) {
+    for (int64_t k0 = 0; k0 < n; k0 += 128) {
+        const float f = sc[k0 / 128] * 256.0f;
+        const __m256 fv = _mm256_set1_ps(f);
+        const int64_t k1 = k0 + 128 < n ? k0 + 128 : n;
+        int64_t k = k0;
+        for (; k + 8 <= k1; k += 8) {
+            _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_loadu_ps(x + k), fv));
+        }
+        for (; k < k1; k++) {
+            dst[k] = x[k] * f;
+        }
+    }
+}
+
+template <int T>
+void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const int64_t R = rows->n;
+    const int64_t pad = dsv4_mm_pad16(w->n_in);
+    // row pointers: FP8 -> rescaled copies in tmp (after the pointer array), else the inputs
+    const float ** xs = (const float **) tmp;
+    float * xbuf = (float *) ((uint8_t *) tmp + dsv4_mm_tmp_ptr_bytes(R));
+    if constexpr (T != T_FP8) {
+        for (int64_t i = 0; i < R; i++) {
+            xs[i] = dsv4_mm_x_row(rows, i);
+        }
+    }
+    const int OR = R == 1 ? 4 : 2;
+    for (int64_t s0 = o0; s0 < o1;) {
+        int64_t s1 = o1;
+        if constexpr (T == T_FP8) {
+            const int64_t ob = s0 / 128;
+            s1 = (ob + 1) * 128 < o1 ? (ob + 1) * 128 : o1;
+            for (int64_t i = 0; i < R; i++) {
+                rescale_row(dsv4_mm_x_row(rows, i), w->scale + ob * w->scale_cols, w->n_in, xbuf + i * pad);
+                xs[i] = xbuf + i * pad;
+            }
+        }
+        int64_t o = s0;
+        if (OR == 4) {
+            for (; o + 4 <= s1; o += 4) {
+                rows_float<T, 4>(w, o, rows, xs);
+            }
+        } else {
+            for (; o + 2 <= s1; o += 2) {
+                rows_float<T, 2>(w, o, rows, xs);
+            }
+        }
+        for (; o < s1; o++) {
+            rows_float<T, 1>(w, o, rows, xs);
+        }
+        s0 = s1;
+    }
+}
+
+// ---- integer family ----
+
+enum { T_Q8_0, T_MXFP4 };
+
+// One weight block b of a row: 32 int8 values and the block scale.
+template <int T>
+inline __m256i load_block(const uint8_t * row, int64_t b, float * d) {
+    if constexpr (T == T_Q8_0) {
+        const uint8_t * blk = row + b * DSV4_Q8_0_BLOCK_BYTES;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        *d = _cvtsh_ss(h);
+        return _mm256_loadu_si256((const __m256i *) (blk + 2));
+    } else {
+        const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
+        *d = dsv4_mm_e8m0_half(blk[0]);
+        const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 1));
+        const __m128i m = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_and_si128(q, m);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+        const __m256i codes = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values));
+        return _mm256_shuffle_epi8(lut, codes);
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int64_t n, float * out) {
+    const int64_t nb = n / 32;
+    const float * xd[RT];
+    for (int r = 0; r < RT; r++) {
+        xd[r] = (const float *) (xq[r] + n);
+    }
+    __m256 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+        }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            float dw;
+            const __m256i wv = load_block<T>(w[i], b, &dw);
+            const __m256i aw = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *) (xq[r] + 32 * b));
+                const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
+                const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[i][r] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw * xd[r][b]), acc[i][r]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = hsum(acc[i][r]);
+        }
+    }
+}
+
+template <int T, int OR>
+inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const uint8_t * const * xs) {
+    const uint8_t * wp[OR];
+    for (int i = 0; i < OR; i++) {
+        wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
+    }
+    float out[OR * k_rt_max];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+        const int64_t left = rows->n - r0;
+        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const uint8_t * const * x = xs + r0;
+        switch (rt) {
+            case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
+            case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
+            case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
+            case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
+            case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
+            default: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
+        }
+        for (int r = 0; r < rt; r++) {
+            float * y = dsv4_mm_y_row(rows, r0 + r);
+            for (int i = 0; i < OR; i++) {
+                y[o + i] = out[i * rt + r];
+            }
+        }
+    }
+}
+
+template <int T>
+void mm_int(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const uint8_t ** xs = (const uint8_t **) tmp;
+    for (int64_t i = 0; i < rows->n; i++) {
+        xs[i] = dsv4_mm_xq_row(rows, i);
+    }
+    int64_t o = o0;
+    if (rows->n == 1) {
+        for (; o + 4 <= o1; o += 4) {
+            rows_int<T, 4>(w, o, rows, xs);
+        }
+    } else {
+        for (; o + 2 <= o1; o += 2) {
+            rows_int<T, 2>(w, o, rows, xs);
+        }
+    }
+    for (; o < o1; o++) {
+        rows_int<T, 1>(w, o, rows, xs);
+    }
+}
+
+inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Same arithmetic as the scalar quantize (max|x| / 127, 1 / d, nearest-even), so bit-identical.
+void quantize_row(const float * x, int64_t n, uint8_t * dst) {
+    const int64_t nb = n / 32;
+    float * d = (float *) (dst + n);
+    float * d8 = d + nb;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < nb; b++) {
+        const float * xb = x + 32 * b;
+        const __m256 v0 = _mm256_loadu_ps(xb);
+        const __m256 v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16);
+        const __m256 v3 = _mm256_loadu_ps(xb + 24);
+        const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                       _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        const float amax = hmax(m);
+        const float dv = amax / 127.0f;
+        const float id = dv != 0.0f ? 1.0f / dv : 0.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, idv));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, idv));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, idv));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, idv));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256((__m256i *) (dst + 32 * b), _mm256_permutevar8x32_epi32(p, perm));
+        d[b] = dv;
+        _mm256_storeu_ps(d8 + 8 * b, _mm256_set1_ps(dv));
+    }
+}
+
+}  // namespace
+
+extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx2 = {
+    mm_float<T_F32>,
+    mm_float<T_F16>,
+    mm_float<T_BF16>,
+    mm_float<T_FP8>,
+    mm_int<T_Q8_0>,
+    mm_int<T_MXFP4>,
+    quantize_row,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif  // __x86_64__

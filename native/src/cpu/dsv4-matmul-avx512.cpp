@@ -1,0 +1,398 @@
+// AVX-512 (F, BW, VL, VNNI) matmul kernels (x86-64), compiled for that target through the pragma
+// below and called only when __builtin_cpu_supports reports every feature.
+//
+// Float family: as in the AVX2 file with 16-wide vectors and masked loads for the tail columns
+// (so no scalar tail), and up to 8 activation rows per register tile.
+//
+// Integer family: vpdpbusd (u8 x s8 -> int32, no intermediate saturation) over two 32-blocks per
+// 512-bit step. The activations are stored biased (q + 128, unsigned) by this file's quantize, so
+// the weights stay signed: dot(q + 128, w) = dot(q, w) + 128 * sum(w), and the correction
+// -128 * sum(w) (computed once per weight block, shared by all rows) is the accumulator the
+// dot starts from. Per row and step: vpdpbusd, convert, x d_x, FMA with d_w.
+#if defined(__x86_64__)
+
+#include "cpu/dsv4-matmul-impl.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), \
+                             apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+// GCC 12 flags the self-initialised placeholder inside _mm512_undefined_*() once inlined here.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace {
+
+enum { T_F32, T_F16, T_BF16, T_FP8 };
+
+constexpr int k_rt_max = 8;  // activation rows per register tile
+
+// 16 weights from column k (FP8: times 2^-8); m selects the columns that exist.
+template <int T>
+inline __m512 load16(const uint8_t * row, int64_t k, __mmask16 m) {
+    if constexpr (T == T_F32) {
+        return _mm512_maskz_loadu_ps(m, (const float *) row + k);
+    } else if constexpr (T == T_F16) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+    } else if constexpr (T == T_BF16) {
+        const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    } else {
+        // sign-extend to 16 bits and shift by 7: bit 15 = sign, bits 7..14 = b; clear bit 14
+        const __m256i b = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(m, row + k));
+        const __m256i h = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi16((short) 0xBF80));
+        return _mm512_cvtph_ps(h);
+    }
+}
+
+template <int T>
+inline __m512 load16(const uint8_t * row, int64_t k) {
+    if constexpr (T == T_F32) {
+        return _mm512_loadu_ps((const float *) row + k);
+    } else if constexpr (T == T_F16) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (row + 2 * k)));
+    } else if constexpr (T == T_BF16) {
+        const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *) (row + 2 * k)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    } else {
+        const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (row + k)));
+        const __m256i h = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi16((short) 0xBF80));
+        return _mm512_cvtph_ps(h);
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile_float(const uint8_t * const * w, const float * const * x, int64_t n, float * out) {
+    __m512 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm512_setzero_ps();
+        }
+    }
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            const __m512 wv = load16<T>(w[i], k);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                acc[i][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[r] + k), acc[i][r]);
+            }
+        }
+    }
+    if (k < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - k)) - 1);
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            const __m512 wv = load16<T>(w[i], k, m);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                acc[i][r] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[r] + k), acc[i][r]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+template <int T, int OR>
+inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const float * const * xs) {
+    const uint8_t * wp[OR];
+    for (int i = 0; i < OR; i++) {
+        wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
+    }
+    float out[OR * k_rt_max];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+        const int64_t left = rows->n - r0;
+        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const float * const * x = xs + r0;
+        switch (rt) {
+            case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
+            case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
+            case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
+            case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
+            case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
+            case 6: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
+            case 7: tile_float<T, OR, 7>(wp, x, w->n_in, out); break;
+            default: tile_float<T, OR, 8>(wp, x, w->n_in, out); break;
+        }
+        for (int r = 0; r < rt; r++) {
+            float * y = dsv4_mm_y_row(rows, r0 + r);
+            for (int i = 0; i < OR; i++) {
+                y[o + i] = out[i * rt + r];
+            }
+        }
+    }
+}
+
+// x'[k] = x[k] * scale[k / 128] * 256 for one activation row (FP8).
+inline void rescale_row(const float * x, const float * sc, int64_t n, float * dst) {
+    for (int64_t k0 = 0; k0 < n; k0 += 128) {
+        const __m512 fv = _mm512_set1_ps(sc[k0 / 128] * 256.0f);
+        const int64_t k1 = k0 + 128 < n ? k0 + 128 : n;
+        for (int64_t k = k0; k < k1; k += 16) {
+            const __mmask16 m = k1 - k >= 16 ? (__mmask16) 0xFFFF : (__mmask16) ((1u << (k1 - k)) - 1);
+            _mm512_mask_storeu_ps(dst + k, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), fv));
+        }
+    }
+}
+
+template <int T>
+void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const int64_t R = rows->n;
+    const int64_t pad = dsv4_mm_pad16(w->n_in);
+    const float ** xs = (const float **) tmp;
+    float * xbuf = (float *) ((uint8_t *) tmp + dsv4_mm_tmp_ptr_bytes(R));
+    if constexpr (T != T_FP8) {
+        for (int64_t i = 0; i < R; i++) {
+            xs[i] = dsv4_mm_x_row(rows, i);
+        }
+    }
+    for (int64_t s0 = o0; s0 < o1;) {
+        int64_t s1 = o1;
+        if constexpr (T == T_FP8) {
+            const int64_t ob = s0 / 128;
+            s1 = (ob + 1) * 128 < o1 ? (ob + 1) * 128 : o1;
+            for (int64_t i = 0; i < R; i++) {
+                rescale_row(dsv4_mm_x_row(rows, i), w->scale + ob * w->scale_cols, w->n_in, xbuf + i * pad);
+                xs[i] = xbuf + i * pad;
+            }
+        }
+        int64_t o = s0;
+        if (R == 1) {
+            for (; o + 4 <= s1; o += 4) {
+                rows_float<T, 4>(w, o, rows, xs);
+            }
+        } else {
+            for (; o + 2 <= s1; o += 2) {
+                rows_float<T, 2>(w, o, rows, xs);
+            }
+        }
+        for (; o < s1; o++) {
+            rows_float<T, 1>(w, o, rows, xs);
+        }
+        s0 = s1;
+    }
+}
+
+// ---- integer family ----
+
+enum { T_Q8_0, T_MXFP4 };
+
+inline __m512 two_scales(float d0, float d1) {
+    return _mm512_mask_blend_ps((__mmask16) 0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+}
+
+// Two weight blocks b, b + 1 of a row as 64 int8 values; their scales in lanes 0-7 and 8-15.
+template <int T>
+inline __m512i load_block2(const uint8_t * row, int64_t b, __m512 * d) {
+    if constexpr (T == T_Q8_0) {
+        const uint8_t * b0 = row + b * DSV4_Q8_0_BLOCK_BYTES;
+        const uint8_t * b1 = b0 + DSV4_Q8_0_BLOCK_BYTES;
+        uint16_t h0, h1;
+        memcpy(&h0, b0, 2);
+        memcpy(&h1, b1, 2);
+        *d = two_scales(_cvtsh_ss(h0), _cvtsh_ss(h1));
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *) (b0 + 2));
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *) (b1 + 2));
+        return _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+    } else {
+        const uint8_t * b0 = row + b * DSV4_MXFP4_BLOCK_BYTES;
+        const uint8_t * b1 = b0 + DSV4_MXFP4_BLOCK_BYTES;
+        *d = two_scales(dsv4_mm_e8m0_half(b0[0]), dsv4_mm_e8m0_half(b1[0]));
+        const __m128i q0 = _mm_loadu_si128((const __m128i *) (b0 + 1));
+        const __m128i q1 = _mm_loadu_si128((const __m128i *) (b1 + 1));
+        const __m512i t = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1));
+        // 128-bit lanes [q0, q0, q1, q1]; shift the 2nd and 4th by 4 -> [lo0, hi0, lo1, hi1]
+        const __m512i u = _mm512_shuffle_i64x2(t, t, 0x50);
+        const __m512i s = _mm512_srlv_epi64(u, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+        const __m512i codes = _mm512_and_si512(s, _mm512_set1_epi8(0x0F));
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values));
+        return _mm512_shuffle_epi8(lut, codes);
+    }
+}
+
+// The last block alone (odd block count): 32 values in the low half, zeros above.
+template <int T>
+inline __m512i load_block1(const uint8_t * row, int64_t b, __m512 * d) {
+    if constexpr (T == T_Q8_0) {
+        const uint8_t * b0 = row + b * DSV4_Q8_0_BLOCK_BYTES;
+        uint16_t h0;
+        memcpy(&h0, b0, 2);
+        *d = _mm512_set1_ps(_cvtsh_ss(h0));
+        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *) (b0 + 2)));
+    } else {
+        const uint8_t * b0 = row + b * DSV4_MXFP4_BLOCK_BYTES;
+        *d = _mm512_set1_ps(dsv4_mm_e8m0_half(b0[0]));
+        const __m128i q = _mm_loadu_si128((const __m128i *) (b0 + 1));
+        const __m128i m = _mm_set1_epi8(0x0F);
+        const __m256i codes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m)),
+                                                      _mm_and_si128(_mm_srli_epi16(q, 4), m), 1);
+        const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values));
+        return _mm512_zextsi256_si512(_mm256_shuffle_epi8(lut, codes));
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int64_t n, float * out) {
+    const int64_t nb = n / 32;
+    const float * xd[RT];
+    for (int r = 0; r < RT; r++) {
+        xd[r] = (const float *) (xq[r] + n) + nb;  // d8: 8 copies of each block scale
+    }
+    __m512 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm512_setzero_ps();
+        }
+    }
+    const __m512i bias = _mm512_set1_epi8((char) 0x80);
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            __m512 dw;
+            const __m512i wv = load_block2<T>(w[i], b, &dw);
+            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv));
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                const __m512i xv = _mm512_loadu_si512((const void *) (xq[r] + 32 * b));
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xv, wv));
+                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_loadu_ps(xd[r] + 8 * b)), dw, acc[i][r]);
+            }
+        }
+    }
+    if (b < nb) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            __m512 dw;
+            const __m512i wv = load_block1<T>(w[i], b, &dw);
+            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv));
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                const __m512i xv = _mm512_maskz_loadu_epi8((__mmask64) 0xFFFFFFFFull, xq[r] + 32 * b);
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xv, wv));
+                const __m512 dx = _mm512_maskz_loadu_ps((__mmask16) 0x00FF, xd[r] + 8 * b);
+                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, dx), dw, acc[i][r]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+template <int T, int OR>
+inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const uint8_t * const * xs) {
+    const uint8_t * wp[OR];
+    for (int i = 0; i < OR; i++) {
+        wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
+    }
+    float out[OR * k_rt_max];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+        const int64_t left = rows->n - r0;
+        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const uint8_t * const * x = xs + r0;
+        switch (rt) {
+            case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
+            case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
+            case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
+            case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
+            case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
+            case 6: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
+            case 7: tile_int<T, OR, 7>(wp, x, w->n_in, out); break;
+            default: tile_int<T, OR, 8>(wp, x, w->n_in, out); break;
+        }
+        for (int r = 0; r < rt; r++) {
+            float * y = dsv4_mm_y_row(rows, r0 + r);
+            for (int i = 0; i < OR; i++) {
+                y[o + i] = out[i * rt + r];
+            }
+        }
+    }
+}
+
+template <int T>
+void mm_int(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const uint8_t ** xs = (const uint8_t **) tmp;
+    for (int64_t i = 0; i < rows->n; i++) {
+        xs[i] = dsv4_mm_xq_row(rows, i);
+    }
+    int64_t o = o0;
+    if (rows->n == 1) {
+        for (; o + 4 <= o1; o += 4) {
+            rows_int<T, 4>(w, o, rows, xs);
+        }
+    } else {
+        for (; o + 2 <= o1; o += 2) {
+            rows_int<T, 2>(w, o, rows, xs);
+        }
+    }
+    for (; o < o1; o++) {
+        rows_int<T, 1>(w, o, rows, xs);
+    }
+}
+
+// Same arithmetic as the scalar quantize (max|x| / 127, 1 / d, nearest-even), stored biased.
+void quantize_row(const float * x, int64_t n, uint8_t * dst) {
+    const int64_t nb = n / 32;
+    float * d = (float *) (dst + n);
+    float * d8 = d + nb;
+    const __m128i bias = _mm_set1_epi8((char) 0x80);
+    for (int64_t b = 0; b < nb; b++) {
+        const float * xb = x + 32 * b;
+        const __m512 v0 = _mm512_loadu_ps(xb);
+        const __m512 v1 = _mm512_loadu_ps(xb + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float dv = amax / 127.0f;
+        const float id = dv != 0.0f ? 1.0f / dv : 0.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        const __m128i q0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, idv)));
+        const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, idv)));
+        _mm_storeu_si128((__m128i *) (dst + 32 * b), _mm_xor_si128(q0, bias));
+        _mm_storeu_si128((__m128i *) (dst + 32 * b + 16), _mm_xor_si128(q1, bias));
+        d[b] = dv;
+        _mm256_storeu_ps(d8 + 8 * b, _mm256_set1_ps(dv));
+    }
+}
+
+}  // namespace
+
+extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx512 = {
+    mm_float<T_F32>,
+    mm_float<T_F16>,
+    mm_float<T_BF16>,
+    mm_float<T_FP8>,
+    mm_int<T_Q8_0>,
+    mm_int<T_MXFP4>,
+    quantize_row,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif  // __x86_64__

@@ -1,0 +1,156 @@
+// Internal interface between the matmul driver (dsv4-matmul.cpp) and the per-ISA kernels
+// (dsv4-matmul-scalar.cpp, -avx2.cpp, -avx512.cpp).
+//
+// This header is included by translation units compiled for different instruction sets, so it
+// holds only declarations, POD structs and `static inline` helpers (internal linkage: each TU
+// gets its own copy, and no inline function compiled with AVX-512 can be picked by the linker for
+// a caller on a CPU without it).
+#pragma once
+
+#include "cpu/dsv4-matmul.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+// One matrix (one expert).
+struct dsv4_mm_w {
+    dsv4_type       type;
+    int64_t         n_out;
+    int64_t         n_in;
+    const uint8_t * data;        // row o at data + o * row_bytes
+    size_t          row_bytes;
+    const float *   scale;       // FP8: [ceil(n_out / 128)][scale_cols]
+    int64_t         scale_cols;  // ceil(n_in / 128)
+};
+
+// A set of activation rows and where their outputs go. Row i reads x (or xq) row
+// x_idx ? x_idx[i] : i and writes y row y_idx ? y_idx[i] : i.
+struct dsv4_mm_rows {
+    int64_t         n;
+    const float *   x;
+    int64_t         x_stride;    // floats
+    const uint8_t * xq;          // quantized activations (Q8_0 / MXFP4 paths), see below
+    int64_t         xq_stride;   // bytes
+    const int32_t * x_idx;
+    float *         y;
+    int64_t         y_stride;    // floats
+    const int32_t * y_idx;
+};
+
+// Computes y for output rows [o0, o1) of w and all rows. tmp: per-thread scratch of
+// dsv4_mm_tmp_bytes(w->type, w->n_in, rows->n) bytes, 64-byte aligned.
+typedef void (*dsv4_mm_kernel)(const struct dsv4_mm_w * w, int64_t o0, int64_t o1,
+                               const struct dsv4_mm_rows * rows, void * tmp);
+
+// Quantizes one activation row of n (a multiple of 32) floats into the layout below.
+typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst);
+
+struct dsv4_mm_isa_kernels {
+    dsv4_mm_kernel   f32, f16, bf16, fp8, q8_0, mxfp4;
+    dsv4_mm_quantize quantize;
+};
+
+extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;
+#if defined(__x86_64__)
+extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx2;
+extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx512;
+#endif
+
+// Quantized activation row (n_in a multiple of 32, nb = n_in / 32 blocks):
+//   bytes [0, n_in)            q: int8 values in [-127, 127]; the AVX-512 kernels store q + 128
+//                              as uint8 instead (their quantize writes that form), for vpdpbusd
+//   floats at n_in             d[nb]: block scales, x ~= d * q (d = max|x| / 127)
+//   floats at n_in + 4 nb      d8[nb * 8]: each d repeated 8 times (one per int32 lane of a block)
+// Rounding: q = nearest-even(x * (1 / d)), identical in every ISA, so integer block sums agree
+// exactly across kernels.
+static inline size_t dsv4_mm_xq_row_bytes(int64_t n_in) {
+    const size_t nb = (size_t) n_in / 32;
+    return ((size_t) n_in + nb * 36 + 63) & ~(size_t) 63;
+}
+
+static inline int64_t dsv4_mm_pad16(int64_t n) {
+    return (n + 15) & ~(int64_t) 15;
+}
+
+// Per-thread scratch: a table of n_rows row pointers, then for FP8 the rescaled activations
+// (x * scale * 256 per 128-column block) of every row plus one decoded weight row, for the other
+// types one decoded weight row.
+static inline size_t dsv4_mm_tmp_ptr_bytes(int64_t n_rows) {
+    return (size_t) dsv4_mm_pad16(2 * n_rows) * sizeof(float);
+}
+
+static inline size_t dsv4_mm_tmp_bytes(dsv4_type type, int64_t n_in, int64_t n_rows) {
+    const size_t row = (size_t) dsv4_mm_pad16(n_in) * sizeof(float);
+    const size_t n = type == DSV4_TYPE_FP8_E4M3 ? (size_t) n_rows + 1 : 1;
+    return (dsv4_mm_tmp_ptr_bytes(n_rows) + n * row + 63) & ~(size_t) 63;
+}
+
+static inline const float * dsv4_mm_x_row(const struct dsv4_mm_rows * rows, int64_t i) {
+    const int64_t r = rows->x_idx ? rows->x_idx[i] : i;
+    return rows->x + r * rows->x_stride;
+}
+
+static inline const uint8_t * dsv4_mm_xq_row(const struct dsv4_mm_rows * rows, int64_t i) {
+    const int64_t r = rows->x_idx ? rows->x_idx[i] : i;
+    return rows->xq + r * rows->xq_stride;
+}
+
+static inline float * dsv4_mm_y_row(const struct dsv4_mm_rows * rows, int64_t i) {
+    const int64_t r = rows->y_idx ? rows->y_idx[i] : i;
+    return rows->y + r * rows->y_stride;
+}
+
+// ---- scalar decoders (bit manipulation only; the kernels' tails and the scalar path) ----
+
+static inline float dsv4_mm_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static inline float dsv4_mm_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t) (h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1F;
+    const uint32_t man = h & 0x3FF;
+    if (exp == 0) {
+        // zero or subnormal: man * 2^-24, exact in f32
+        const float v = (float) man * 5.9604644775390625e-8f;
+        uint32_t u;
+        memcpy(&u, &v, sizeof(u));
+        return dsv4_mm_bits_f32(sign | u);
+    }
+    if (exp == 31) {
+        return dsv4_mm_bits_f32(sign | 0x7F800000u | (man << 13));
+    }
+    return dsv4_mm_bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+static inline float dsv4_mm_bf16_to_f32(uint16_t h) {
+    return dsv4_mm_bits_f32((uint32_t) h << 16);
+}
+
+// e4m3fn (bias 7, subnormals, no inf). NaN bytes (0x7F, 0xFF) are rejected at load; here they
+// decode to 480 like a normal number would.
+static inline float dsv4_mm_e4m3_to_f32(uint8_t b) {
+    const uint32_t sign = (uint32_t) (b & 0x80) << 24;
+    const uint32_t exp = (b >> 3) & 0xF;
+    const uint32_t man = b & 0x7;
+    if (exp == 0) {
+        const float v = (float) man * 0.001953125f;  // man/8 * 2^-6
+        uint32_t u;
+        memcpy(&u, &v, sizeof(u));
+        return dsv4_mm_bits_f32(sign | u);
+    }
+    return dsv4_mm_bits_f32(sign | ((exp + 120) << 23) | (man << 20));
+}
+
+// MXFP4 block scale as ggml applies it to the doubled E2M1 codes: 2^(e - 128), exact in f32
+// (e = 0, 1 give the subnormals 2^-128, 2^-127).
+static inline float dsv4_mm_e8m0_half(uint8_t e) {
+    return dsv4_mm_bits_f32(e < 2 ? (0x00200000u << e) : ((uint32_t) (e - 1) << 23));
+}
+
+// Doubled E2M1 values of the 16 MXFP4 codes.
+static const int8_t dsv4_mm_mxfp4_values[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+

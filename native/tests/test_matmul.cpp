@@ -1,0 +1,634 @@
+// CPU matmul: the scalar reference against a double-precision product of weights decoded by
+// dsv4-types (the format ground truth), and every SIMD kernel this CPU supports against the scalar
+// reference, for every weight type, several shapes (odd n_out, FP8 n_in not a multiple of 128,
+// output blocks crossing 128), R in {1, 2, 5, 6, 7, 33} and 1/2/3 threads; the expert-batched MoE
+// entry point against per-pair dense products; and argument checking.
+//
+// Tolerances, all relative to mag = sum_k |w_k * x_k| of the output element:
+//   float family (F32/F16/BF16/FP8: decode to f32, FMA): |y - y_ref| <= 1e-5 * mag. Both sides
+//     accumulate n_in products in f32 in different orders, so they differ by float rounding
+//     (~ sqrt(n_in) * 2^-24 * mag typically); 1e-5 leaves a margin and still catches any wrong
+//     element or scale (which shows up at >= 1e-3).
+//   integer family (Q8_0/MXFP4 x 8-bit activations): the same 1e-5 * mag, against the scalar
+//     reference on the same quantized activations (the block sums are exact integers in both;
+//     only the f32 accumulation of the scaled block sums differs). The quantization itself is
+//     checked to be bit-identical across ISAs, and its error against the unquantized product is
+//     checked against its bound sum_b sum_k |w_k| * d_b / 2.
+#include "cpu/dsv4-matmul.h"
+#include "cpu/dsv4-matmul-impl.h"
+#include "dsv4-types.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+static int g_failures = 0;
+static int g_checks = 0;
+
+#define CHECK(cond, ...)                                              \
+    do {                                                              \
+        g_checks++;                                                   \
+        if (!(cond)) {                                                \
+            std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            std::fprintf(stderr, __VA_ARGS__);                        \
+            std::fprintf(stderr, "\n");                               \
+            g_failures++;                                             \
+        }                                                             \
+    } while (0)
+
+namespace {
+
+constexpr double k_tol = 1e-5;
+
+struct rng {
+    uint64_t s;
+    explicit rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    uint64_t next() {
+        // splitmix64
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    float uniform() {  // [-1, 1)
+        return (float) ((double) (next() >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+    }
+    int below(int n) { return (int) (next() % (uint64_t) n); }
+};
+
+bool is_int_family(dsv4_type t) {
+    return t == DSV4_TYPE_Q8_0 || t == DSV4_TYPE_MXFP4;
+}
+
+const char * tname(dsv4_type t) {
+    return dsv4_get_type_traits(t)->name;
+}
+
+// A weight (or expert stack) with its ground-truth decode.
+struct test_weight {
+    dsv4_type type;
+    int64_t n_expert, n_out, n_in;
+    size_t row_bytes;
+    std::vector<uint8_t> data;
+    std::vector<float> scale;
+    std::vector<float> dense;  // [n_expert][n_out][n_in], decoded by dsv4-types
+    dsv4_weight w;
+};
+
+void fill_row(dsv4_type type, int64_t n_in, uint8_t * row, rng & g) {
+    switch (type) {
+        case DSV4_TYPE_F32:
+            for (int64_t k = 0; k < n_in; k++) {
+                const float v = g.uniform();
+                std::memcpy(row + 4 * k, &v, 4);
+            }
+            break;
+        case DSV4_TYPE_F16:
+        case DSV4_TYPE_BF16:
+            for (int64_t k = 0; k < n_in; k++) {
+                const float v = g.uniform();
+                const uint16_t h = type == DSV4_TYPE_F16 ? dsv4_f32_to_f16(v) : dsv4_f32_to_bf16(v);
+                std::memcpy(row + 2 * k, &h, 2);
+            }
+            break;
+        case DSV4_TYPE_FP8_E4M3:
+            for (int64_t k = 0; k < n_in; k++) {
+                uint8_t b;
+                do {
+                    b = (uint8_t) g.next();
+                } while ((b & 0x7F) == 0x7F);  // NaN codes are rejected at load
+                row[k] = b;
+            }
+            break;
+        case DSV4_TYPE_Q8_0:
+            for (int64_t b = 0; b < n_in / 32; b++) {
+                uint8_t * blk = row + b * DSV4_Q8_0_BLOCK_BYTES;
+                const uint16_t d = dsv4_f32_to_f16(0.001f + 0.02f * std::fabs(g.uniform()));
+                std::memcpy(blk, &d, 2);
+                for (int j = 0; j < 32; j++) {
+                    blk[2 + j] = (uint8_t) g.next();  // the full int8 range, -128 included
+                }
+            }
+            break;
+        case DSV4_TYPE_MXFP4:
+            for (int64_t b = 0; b < n_in / 32; b++) {
+                uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
+                blk[0] = (uint8_t) (120 + g.below(12));
+                for (int j = 0; j < 16; j++) {
+                    blk[1 + j] = (uint8_t) g.next();
+                }
+            }
+            break;
+        default:
+            break;
+    }
+}
+
+void make_weight(test_weight & t, dsv4_type type, int64_t n_expert, int64_t n_out, int64_t n_in, size_t row_pad,
+                 rng & g, bool pow2_scales = true) {
+    t.type = type;
+    t.n_expert = n_expert;
+    t.n_out = n_out;
+    t.n_in = n_in;
+    t.row_bytes = dsv4_weight_row_bytes(type, n_in) + row_pad;
+    t.data.assign((size_t) (n_expert * n_out) * t.row_bytes, 0xA5);
+    const int64_t sr = (n_out + 127) / 128, sc = (n_in + 127) / 128;
+    if (type == DSV4_TYPE_FP8_E4M3) {
+        t.scale.resize((size_t) (n_expert * sr * sc));
+        for (float & s : t.scale) {
+            s = pow2_scales ? std::ldexp(1.0f, g.below(9) - 6) : 0.01f + std::fabs(g.uniform());
+        }
+    } else {
+        t.scale.clear();
+    }
+    t.dense.resize((size_t) (n_expert * n_out * n_in));
+    const size_t packed = dsv4_weight_row_bytes(type, n_in);
+    for (int64_t e = 0; e < n_expert; e++) {
+        for (int64_t o = 0; o < n_out; o++) {
+            uint8_t * row = t.data.data() + (size_t) (e * n_out + o) * t.row_bytes;
+            fill_row(type, n_in, row, g);
+            float * dst = t.dense.data() + (size_t) ((e * n_out + o) * n_in);
+            if (type == DSV4_TYPE_FP8_E4M3) {
+                dsv4_fp8_row_to_float(row, t.scale.data() + (size_t) (e * sr * sc + (o / 128) * sc), dst, n_in);
+            } else {
+                const dsv4_status st = dsv4_type_to_float(type, row, packed, dst, n_in);
+                if (st != DSV4_OK) {
+                    std::fprintf(stderr, "decode failed: %s\n", dsv4_last_error());
+                    std::abort();
+                }
+            }
+        }
+    }
+    dsv4_weight_init_experts(&t.w, type, n_expert, n_out, n_in, t.data.data(),
+                             type == DSV4_TYPE_FP8_E4M3 ? t.scale.data() : nullptr);
+    t.w.row_bytes = t.row_bytes;
+    t.w.expert_stride = (size_t) n_out * t.row_bytes;
+}
+
+std::vector<float> make_x(int64_t rows, int64_t n_in, int64_t stride, rng & g) {
+    std::vector<float> x((size_t) (rows * stride), std::nanf(""));  // padding poisoned
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t k = 0; k < n_in; k++) {
+            float v = g.uniform();
+            if (g.below(64) == 0) {
+                v *= 16.0f;  // outliers, as real activations have
+            }
+            x[(size_t) (r * stride + k)] = v;
+        }
+    }
+    return x;
+}
+
+// The activation quantization the integer kernels use (see dsv4-matmul-impl.h), returned as the
+// dequantized values d * q, and the per-element error bound d / 2.
+void quantize_like_kernels(const float * x, int64_t n, float * xhat, float * half_step) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            amax = std::fmax(amax, std::fabs(x[32 * b + j]));
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) {
+            xhat[32 * b + j] = d * std::nearbyint(x[32 * b + j] * id);
+            half_step[32 * b + j] = 0.5f * d;
+        }
+    }
+}
+
+struct ref_out {
+    std::vector<double> y;    // exact product with x (int family: with the quantized x)
+    std::vector<double> mag;  // sum |w * x| (same x)
+    std::vector<double> y_unq;  // int family: exact product with the unquantized x
+    std::vector<double> bound;  // int family: quantization error bound
+};
+
+// Reference for rows x[r] against matrix e of t.
+ref_out reference(const test_weight & t, int64_t e, const float * x, int64_t x_stride, int64_t rows) {
+    ref_out out;
+    const int64_t n = t.n_in;
+    out.y.resize((size_t) (rows * t.n_out));
+    out.mag.resize(out.y.size());
+    out.y_unq.resize(out.y.size());
+    out.bound.resize(out.y.size());
+    std::vector<float> xhat((size_t) n), half((size_t) n);
+    for (int64_t r = 0; r < rows; r++) {
+        const float * xr = x + r * x_stride;
+        if (is_int_family(t.type)) {
+            quantize_like_kernels(xr, n, xhat.data(), half.data());
+        } else {
+            std::memcpy(xhat.data(), xr, (size_t) n * sizeof(float));
+        }
+        for (int64_t o = 0; o < t.n_out; o++) {
+            const float * w = t.dense.data() + (size_t) ((e * t.n_out + o) * n);
+            double s = 0, m = 0, su = 0, bd = 0;
+            for (int64_t k = 0; k < n; k++) {
+                s += (double) w[k] * xhat[k];
+                m += std::fabs((double) w[k] * xhat[k]);
+                su += (double) w[k] * xr[k];
+                bd += std::fabs((double) w[k]) * half[k];
+            }
+            const size_t i = (size_t) (r * t.n_out + o);
+            out.y[i] = s;
+            out.mag[i] = m;
+            out.y_unq[i] = su;
+            out.bound[i] = bd;
+        }
+    }
+    return out;
+}
+
+std::vector<dsv4_isa> simd_isas() {
+    std::vector<dsv4_isa> v;
+    for (dsv4_isa isa : { DSV4_ISA_AVX2, DSV4_ISA_AVX512 }) {
+        if (dsv4_cpu_isa_supported(isa)) {
+            v.push_back(isa);
+        }
+    }
+    return v;
+}
+
+// Worst normalized error |y - ref| / mag seen per (type, ISA), for the summary.
+struct worst_table {
+    double v[8][4] = {};
+    void add(dsv4_type t, dsv4_isa isa, double e) {
+        double & s = v[(int) t][(int) isa];
+        s = e > s ? e : s;
+    }
+};
+worst_table g_worst_vs_scalar;
+worst_table g_worst_scalar_vs_exact;
+
+struct pools {
+    dsv4_threadpool * p[4] = {};
+    pools() {
+        for (int n = 2; n <= 3; n++) {
+            p[n] = dsv4_threadpool_init(n);
+        }
+    }
+    ~pools() {
+        for (auto * q : p) {
+            dsv4_threadpool_free(q);
+        }
+    }
+    dsv4_threadpool * get(int n) { return n >= 2 ? p[n] : nullptr; }
+};
+
+// Runs dsv4_matmul; output rows padded with a sentinel that must survive.
+std::vector<float> run_matmul(const test_weight & t, dsv4_isa isa, dsv4_threadpool * pool, const std::vector<float> & x,
+                              int64_t x_stride, int64_t rows, int64_t y_stride, const char * what) {
+    std::vector<float> y((size_t) (rows * y_stride), -12345.0f);
+    dsv4_matmul_params p = dsv4_matmul_default_params();
+    p.isa = isa;
+    p.pool = pool;
+    const dsv4_status st = dsv4_matmul(&p, &t.w, x.data(), x_stride, y.data(), y_stride, rows);
+    CHECK(st == DSV4_OK, "%s: dsv4_matmul failed: %s", what, dsv4_last_error());
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t o = t.n_out; o < y_stride; o++) {
+            CHECK(y[(size_t) (r * y_stride + o)] == -12345.0f, "%s: wrote past n_out", what);
+        }
+    }
+    return y;
+}
+
+void test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads() {
+    const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
+                                DSV4_TYPE_MXFP4 };
+    const int64_t float_shapes[][2] = { { 5, 13 }, { 37, 200 }, { 130, 300 }, { 300, 130 }, { 19, 1024 } };
+    const int64_t int_shapes[][2] = { { 5, 32 }, { 37, 96 }, { 130, 288 }, { 300, 64 }, { 19, 1024 } };
+    const int64_t row_counts[] = { 1, 2, 5, 6, 7, 33 };
+    pools pl;
+    rng g(42);
+    const std::vector<dsv4_isa> isas = simd_isas();
+    for (dsv4_type type : types) {
+        for (int s = 0; s < 5; s++) {
+            const int64_t n_out = is_int_family(type) ? int_shapes[s][0] : float_shapes[s][0];
+            const int64_t n_in = is_int_family(type) ? int_shapes[s][1] : float_shapes[s][1];
+            test_weight t;
+            // shape 1 gets padded rows (row_bytes > packed), shape 2 non-power-of-two FP8 scales
+            make_weight(t, type, 1, n_out, n_in, s == 1 ? 7 : 0, g, s != 2);
+            for (int64_t R : row_counts) {
+                const int64_t x_stride = n_in + 3, y_stride = n_out + 5;
+                const std::vector<float> x = make_x(R, n_in, x_stride, g);
+                const ref_out ref = reference(t, 0, x.data(), x_stride, R);
+                char what[160];
+                std::snprintf(what, sizeof(what), "%s [%lld x %lld] R=%lld", tname(type), (long long) n_out,
+                              (long long) n_in, (long long) R);
+                const std::vector<float> ys = run_matmul(t, DSV4_ISA_SCALAR, nullptr, x, x_stride, R, y_stride, what);
+                for (int64_t r = 0; r < R; r++) {
+                    for (int64_t o = 0; o < n_out; o++) {
+                        const size_t i = (size_t) (r * n_out + o);
+                        const double y = ys[(size_t) (r * y_stride + o)];
+                        const double err = std::fabs(y - ref.y[i]);
+                        g_worst_scalar_vs_exact.add(type, DSV4_ISA_SCALAR, ref.mag[i] > 0 ? err / ref.mag[i] : err);
+                        CHECK(err <= k_tol * ref.mag[i] + 1e-30, "%s scalar vs exact: r %lld o %lld: %.9g vs %.9g (mag %g)",
+                              what, (long long) r, (long long) o, y, ref.y[i], ref.mag[i]);
+                        if (is_int_family(type)) {
+                            const double qerr = std::fabs(y - ref.y_unq[i]);
+                            CHECK(qerr <= ref.bound[i] * (1 + 1e-6) + k_tol * ref.mag[i] + 1e-30,
+                                  "%s quantization error %g above its bound %g", what, qerr, ref.bound[i]);
+                        }
+                    }
+                }
+                for (int nth = 1; nth <= 3; nth++) {
+                    // the scalar path threaded must equal the scalar path unthreaded bit for bit
+                    if (nth > 1) {
+                        const std::vector<float> yt = run_matmul(t, DSV4_ISA_SCALAR, pl.get(nth), x, x_stride, R,
+                                                                 y_stride, what);
+                        CHECK(std::memcmp(yt.data(), ys.data(), ys.size() * sizeof(float)) == 0,
+                              "%s scalar with %d threads differs from 1 thread", what, nth);
+                    }
+                    for (dsv4_isa isa : isas) {
+                        const std::vector<float> yv = run_matmul(t, isa, pl.get(nth), x, x_stride, R, y_stride, what);
+                        for (int64_t r = 0; r < R; r++) {
+                            for (int64_t o = 0; o < n_out; o++) {
+                                const size_t i = (size_t) (r * n_out + o);
+                                const double a = yv[(size_t) (r * y_stride + o)];
+                                const double b = ys[(size_t) (r * y_stride + o)];
+                                const double err = std::fabs(a - b);
+                                g_worst_vs_scalar.add(type, isa, ref.mag[i] > 0 ? err / ref.mag[i] : err);
+                                CHECK(err <= k_tol * ref.mag[i] + 1e-30,
+                                      "%s %s (%d threads) vs scalar: r %lld o %lld: %.9g vs %.9g (mag %g)", what,
+                                      dsv4_isa_name(isa), nth, (long long) r, (long long) o, a, b, ref.mag[i]);
+                            }
+                        }
+                        if (g_failures > 20) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void test_activation_quantization_is_bit_identical_across_isas() {
+    rng g(7);
+    const int64_t n = 256;
+    std::vector<float> x((size_t) n);
+    for (int64_t k = 0; k < n; k++) {
+        x[(size_t) k] = g.uniform() * (k < 128 ? 1.0f : 1e-30f);
+    }
+    for (int j = 0; j < 32; j++) {
+        x[(size_t) (32 + j)] = 0.0f;  // an all-zero block: d = 0, q = 0
+    }
+    // a block whose scale is exactly 1, with ties: nearest-even everywhere
+    for (int j = 0; j < 32; j++) {
+        x[(size_t) (64 + j)] = (float) (j - 16) + 0.5f;
+    }
+    x[64] = 127.0f;
+    const size_t row = dsv4_mm_xq_row_bytes(n);
+    std::vector<uint8_t> ref(row), got(row);
+    dsv4_mm_kernels_scalar.quantize(x.data(), n, ref.data());
+    CHECK((int8_t) ref[64 + 1] == -14 && (int8_t) ref[64 + 2] == -14, "ties round to even (-14.5 -> -14, -13.5 -> -14)");
+#if defined(__x86_64__)
+    for (dsv4_isa isa : simd_isas()) {
+        const dsv4_mm_isa_kernels & k = isa == DSV4_ISA_AVX512 ? dsv4_mm_kernels_avx512 : dsv4_mm_kernels_avx2;
+        got.assign(row, 0);
+        k.quantize(x.data(), n, got.data());
+        const uint8_t bias = isa == DSV4_ISA_AVX512 ? 0x80 : 0x00;  // the AVX-512 kernels store q + 128
+        bool same_q = true;
+        for (int64_t i = 0; i < n; i++) {
+            same_q &= (uint8_t) (got[(size_t) i] ^ bias) == ref[(size_t) i];
+        }
+        CHECK(same_q, "%s quantized values differ from scalar", dsv4_isa_name(isa));
+        CHECK(std::memcmp(got.data() + n, ref.data() + n, (size_t) (n / 32) * 36) == 0,
+              "%s block scales differ from scalar", dsv4_isa_name(isa));
+    }
+#endif
+}
+
+void test_moe_matches_per_pair_dense_products() {
+    const dsv4_type types[] = { DSV4_TYPE_MXFP4, DSV4_TYPE_Q8_0, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_BF16 };
+    pools pl;
+    rng g(99);
+    const int32_t n_expert = 6, k = 3;
+    for (dsv4_type type : types) {
+        for (int64_t n_tok : { 1, 6, 7 }) {
+            const int64_t n_out = 70, n_in = type == DSV4_TYPE_FP8_E4M3 || type == DSV4_TYPE_BF16 ? 200 : 160;
+            test_weight t;
+            make_weight(t, type, n_expert, n_out, n_in, 0, g);
+            // top-k ids: distinct per token, expert 5 never used
+            std::vector<int32_t> ids((size_t) (n_tok * k));
+            for (int64_t tok = 0; tok < n_tok; tok++) {
+                for (int s = 0; s < k; s++) {
+                    int32_t e;
+                    bool dup;
+                    do {
+                        e = g.below(n_expert - 1);
+                        dup = false;
+                        for (int u = 0; u < s; u++) {
+                            dup |= ids[(size_t) (tok * k + u)] == e;
+                        }
+                    } while (dup);
+                    ids[(size_t) (tok * k + s)] = e;
+                }
+            }
+            std::vector<int32_t> expert((size_t) n_expert), offset((size_t) n_expert + 1);
+            std::vector<int32_t> x_row((size_t) (n_tok * k)), y_row((size_t) (n_tok * k));
+            dsv4_moe_routes routes;
+            CHECK(dsv4_moe_group_by_expert(ids.data(), n_tok, k, n_expert, expert.data(), offset.data(), x_row.data(),
+                                           y_row.data(), &routes) == DSV4_OK, "group_by_expert");
+            // the routes are a permutation of the pairs, grouped by increasing expert id
+            std::vector<int> seen((size_t) (n_tok * k), 0);
+            for (int32_t i = 0; i < routes.n_sel; i++) {
+                CHECK(i == 0 || routes.expert[i] > routes.expert[i - 1], "experts increasing");
+                CHECK(routes.expert[i] != n_expert - 1, "unused expert selected");
+                for (int32_t j = routes.offset[i]; j < routes.offset[i + 1]; j++) {
+                    CHECK(ids[(size_t) routes.y_row[j]] == routes.expert[i] && routes.x_row[j] == routes.y_row[j] / k,
+                          "pair %d misrouted", j);
+                    seen[(size_t) routes.y_row[j]]++;
+                }
+            }
+            for (int v : seen) {
+                CHECK(v == 1, "every pair exactly once");
+            }
+
+            const int64_t x_stride = n_in + 1, y_stride = n_out + 2;
+            const std::vector<float> x = make_x(n_tok, n_in, x_stride, g);
+            // reference: pair p = (tok, s) -> W[ids[p]] x[tok], through the dense scalar path
+            const int64_t n_pairs = n_tok * k;
+            std::vector<float> yref((size_t) (n_pairs * y_stride), 0.0f);
+            std::vector<double> mag((size_t) (n_pairs * n_out));
+            for (int64_t p = 0; p < n_pairs; p++) {
+                const int32_t e = ids[(size_t) p];
+                dsv4_weight we = t.w;
+                we.n_expert = 1;
+                we.data = t.data.data() + (size_t) e * t.w.expert_stride;
+                we.scale = t.scale.empty() ? nullptr : t.scale.data() + (size_t) e * t.w.scale_expert_stride;
+                dsv4_matmul_params sp = dsv4_matmul_default_params();
+                sp.isa = DSV4_ISA_SCALAR;
+                CHECK(dsv4_matmul(&sp, &we, x.data() + (p / k) * x_stride, x_stride, yref.data() + p * y_stride,
+                                  y_stride, 1) == DSV4_OK, "reference matmul");
+                const ref_out r = reference(t, e, x.data() + (p / k) * x_stride, x_stride, 1);
+                for (int64_t o = 0; o < n_out; o++) {
+                    mag[(size_t) (p * n_out + o)] = r.mag[(size_t) o];
+                }
+            }
+            std::vector<dsv4_isa> isas = simd_isas();
+            isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+            for (dsv4_isa isa : isas) {
+                for (int nth = 1; nth <= 3; nth++) {
+                    dsv4_matmul_params p = dsv4_matmul_default_params();
+                    p.isa = isa;
+                    p.pool = pl.get(nth);
+                    // gate/up style: x rows are tokens, outputs per pair
+                    std::vector<float> y((size_t) (n_pairs * y_stride), 0.0f);
+                    dsv4_status st = dsv4_matmul_moe(&p, &t.w, &routes, x.data(), x_stride, n_tok, y.data(), y_stride,
+                                                     n_pairs);
+                    CHECK(st == DSV4_OK, "moe: %s", dsv4_last_error());
+                    // down style: inputs already per pair (x_row NULL), outputs per pair in route order
+                    std::vector<float> xp((size_t) (n_pairs * x_stride), 0.0f);
+                    for (int64_t j = 0; j < n_pairs; j++) {
+                        std::memcpy(xp.data() + j * x_stride, x.data() + routes.x_row[j] * x_stride,
+                                    (size_t) n_in * sizeof(float));
+                    }
+                    dsv4_moe_routes r2 = routes;
+                    r2.x_row = nullptr;
+                    r2.y_row = nullptr;
+                    std::vector<float> y2((size_t) (n_pairs * y_stride), 0.0f);
+                    st = dsv4_matmul_moe(&p, &t.w, &r2, xp.data(), x_stride, n_pairs, y2.data(), y_stride, n_pairs);
+                    CHECK(st == DSV4_OK, "moe (identity rows): %s", dsv4_last_error());
+                    for (int64_t j = 0; j < n_pairs; j++) {
+                        const int64_t pr = routes.y_row[j];  // the pair at route position j
+                        for (int64_t o = 0; o < n_out; o++) {
+                            const double ref = yref[(size_t) (pr * y_stride + o)];
+                            const double m = mag[(size_t) (pr * n_out + o)];
+                            const double a = y[(size_t) (pr * y_stride + o)];
+                            const double b = y2[(size_t) (j * y_stride + o)];
+                            CHECK(std::fabs(a - ref) <= k_tol * m + 1e-30, "%s moe %s %d thr n_tok %lld: pair %lld o %lld:"
+                                  " %.9g vs %.9g", tname(type), dsv4_isa_name(isa), nth, (long long) n_tok,
+                                  (long long) pr, (long long) o, a, ref);
+                            CHECK(std::fabs(b - ref) <= k_tol * m + 1e-30, "%s moe (identity rows) %s %d thr: pair %lld"
+                                  " o %lld: %.9g vs %.9g", tname(type), dsv4_isa_name(isa), nth, (long long) pr,
+                                  (long long) o, b, ref);
+                        }
+                    }
+                    if (g_failures > 20) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void test_caller_scratch_is_used_and_checked() {
+    rng g(5);
+    for (dsv4_type type : { DSV4_TYPE_FP8_E4M3, DSV4_TYPE_MXFP4 }) {
+        test_weight t;
+        make_weight(t, type, 1, 40, 256, 0, g);
+        const int64_t R = 6;
+        const std::vector<float> x = make_x(R, 256, 256, g);
+        pools pl;
+        const std::vector<float> want = run_matmul(t, DSV4_ISA_AUTO, pl.get(2), x, 256, R, 40, "scratch ref");
+        const size_t need = dsv4_matmul_scratch_size(&t.w, R, 2);
+        std::vector<uint8_t> buf(need + 8);
+        dsv4_matmul_params p = dsv4_matmul_default_params();
+        p.pool = pl.get(2);
+        p.scratch = buf.data() + 8;  // deliberately misaligned: the call aligns it
+        p.scratch_size = need;
+        std::vector<float> y((size_t) (R * 40));
+        CHECK(dsv4_matmul(&p, &t.w, x.data(), 256, y.data(), 40, R) == DSV4_OK, "with caller scratch: %s",
+              dsv4_last_error());
+        CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0, "caller scratch gives other results");
+        p.scratch_size = need / 2;
+        CHECK(dsv4_matmul(&p, &t.w, x.data(), 256, y.data(), 40, R) == DSV4_ERR_INVALID_ARG, "small scratch refused");
+    }
+}
+
+void test_invalid_arguments_return_status() {
+    std::vector<uint8_t> data(64 * 1024, 0);
+    std::vector<float> scale(16, 1.0f), x(4096, 0.0f), y(4096, 0.0f);
+    dsv4_matmul_params p = dsv4_matmul_default_params();
+    dsv4_weight w;
+
+    CHECK(dsv4_matmul(&p, nullptr, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "NULL weight");
+    dsv4_weight_init(&w, DSV4_TYPE_I8, 8, 64, data.data(), nullptr);
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_UNSUPPORTED, "I8 has no matmul");
+    dsv4_weight_init(&w, (dsv4_type) 77, 8, 64, data.data(), nullptr);
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_UNSUPPORTED, "unknown type");
+    dsv4_weight_init(&w, DSV4_TYPE_Q8_0, 8, 40, data.data(), nullptr);
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "Q8_0 n_in not multiple of 32");
+    dsv4_weight_init(&w, DSV4_TYPE_F32, 0, 64, data.data(), nullptr);
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "n_out 0");
+    dsv4_weight_init(&w, DSV4_TYPE_F32, 8, 64, data.data(), nullptr);
+    w.row_bytes = 100;
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "row_bytes too small");
+    dsv4_weight_init(&w, DSV4_TYPE_FP8_E4M3, 8, 64, data.data(), nullptr);
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "FP8 without scale");
+    dsv4_weight_init(&w, DSV4_TYPE_FP8_E4M3, 8, 64, data.data(), scale.data());
+    CHECK(dsv4_matmul(&p, &w, x.data(), 32, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "x_stride < n_in");
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 4, 1) == DSV4_ERR_INVALID_ARG, "y_stride < n_out");
+    CHECK(dsv4_matmul(&p, &w, nullptr, 64, y.data(), 64, 1) == DSV4_ERR_INVALID_ARG, "NULL x");
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, -1) == DSV4_ERR_INVALID_ARG, "negative rows");
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 0) == DSV4_OK, "zero rows is a no-op");
+    CHECK(dsv4_matmul(nullptr, &w, x.data(), 64, y.data(), 64, 2) == DSV4_OK, "NULL params = defaults");
+    p.isa = (dsv4_isa) 42;
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_ERR_UNSUPPORTED, "unknown ISA");
+    p.isa = DSV4_ISA_AUTO;
+
+    // MoE routes
+    dsv4_weight_init_experts(&w, DSV4_TYPE_F32, 4, 8, 64, data.data(), nullptr);
+    const int32_t experts_bad[1] = { 4 };
+    const int32_t offset[2] = { 0, 2 };
+    const int32_t rows_ok[2] = { 0, 1 };
+    const int32_t rows_bad[2] = { 0, 9 };
+    dsv4_moe_routes r = { 1, experts_bad, offset, rows_ok, rows_ok };
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_ERR_INVALID_ARG, "expert out of range");
+    const int32_t experts_ok[1] = { 3 };
+    r.expert = experts_ok;
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_OK, "valid routes: %s",
+          dsv4_last_error());
+    r.x_row = rows_bad;
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_ERR_INVALID_ARG, "x row out of range");
+    r.x_row = rows_ok;
+    r.y_row = rows_bad;
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_ERR_INVALID_ARG, "y row out of range");
+    const int32_t offset_bad[2] = { 0, -1 };
+    r.y_row = rows_ok;
+    r.offset = offset_bad;
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_ERR_INVALID_ARG, "offsets decrease");
+    r.offset = offset;
+    w.expert_stride = 10;
+    CHECK(dsv4_matmul_moe(&p, &w, &r, x.data(), 64, 2, y.data(), 8, 2) == DSV4_ERR_INVALID_ARG, "expert stride");
+    const int32_t ids_bad[2] = { 0, 7 };
+    int32_t e_buf[4], o_buf[5], xr[2], yr[2];
+    CHECK(dsv4_moe_group_by_expert(ids_bad, 1, 2, 4, e_buf, o_buf, xr, yr, &r) == DSV4_ERR_INVALID_ARG,
+          "group_by_expert: id out of range");
+    CHECK(std::strlen(dsv4_last_error()) > 0, "an error message is set");
+}
+
+void print_summary() {
+    const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
+                                DSV4_TYPE_MXFP4 };
+    std::printf("worst |error| / sum|w*x|   scalar-vs-exact   avx2-vs-scalar   avx512-vs-scalar  (tolerance %.0e)\n",
+                k_tol);
+    for (dsv4_type t : types) {
+        std::printf("  %-9s                 %.2e          %.2e         %.2e\n", tname(t),
+                    g_worst_scalar_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_vs_scalar.v[t][DSV4_ISA_AVX2],
+                    g_worst_vs_scalar.v[t][DSV4_ISA_AVX512]);
+    }
+}
+
+}  // namespace
+
+int main() {
+    std::printf("best ISA here: %s (avx2 %s, avx512 %s)\n", dsv4_isa_name(dsv4_cpu_best_isa()),
+                dsv4_cpu_isa_supported(DSV4_ISA_AVX2) ? "yes" : "no",
+                dsv4_cpu_isa_supported(DSV4_ISA_AVX512) ? "yes" : "no");
+    test_activation_quantization_is_bit_identical_across_isas();
+    test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads();
+    test_moe_matches_per_pair_dense_products();
+    test_caller_scratch_is_used_and_checked();
+    test_invalid_arguments_return_status();
+    print_summary();
+    if (g_failures) {
+        std::fprintf(stderr, "test_matmul: %d of %d checks failed\n", g_failures, g_checks);
+        return 1;
+    }
+    std::printf("test_matmul: ok (%d checks)\n", g_checks);
+    return 0;
+}
