@@ -13,10 +13,21 @@ from dsv4.errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Model needs the native module; import it on first use so `import dsv4` stays light.
+    if name == "Model":
+        from dsv4.model import Model
+
+        return Model
+    raise AttributeError(f"module 'dsv4' has no attribute {name!r}")
+
+
 __all__ = [
     "ContextOverflowError",
     "ConversionError",
     "Dsv4Error",
     "FormatError",
+    "Model",
     "__version__",
 ]

@@ -1,0 +1,116 @@
+"""dsv4.Model: a DeepSeek-V4 GGUF loaded by the native engine.
+
+This module holds the low-level surface (logits for a token sequence, metadata); text completion,
+chat and speculative decoding build on it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from dsv4.errors import ContextOverflowError, Dsv4Error
+
+
+def _native():
+    from dsv4 import _native
+
+    return _native
+
+
+class Model:
+    """A model file (dsv4 or llama.cpp deepseek4 GGUF) with one inference context.
+
+    >>> model = dsv4.Model("model.gguf", n_ctx=4096)
+    >>> model.logits([0, 17, 42]).shape
+    (3, model.n_vocab)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 64, load_draft: bool = True) -> None:
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"no such model file: {self.path}")
+        native = _native()
+        self._model = native.Model(self.path, load_draft)
+        self._ctx = native.Context(self._model, n_ctx=n_ctx, n_threads=n_threads or 0, n_batch=n_batch)
+        self.n_ctx = n_ctx
+        self._metadata: dict[str, Any] | None = None
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return int(self._model.n_vocab)
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(self._model.n_ctx_train)
+
+    @property
+    def n_embd(self) -> int:
+        return int(self._model.n_embd)
+
+    @property
+    def has_draft(self) -> bool:
+        return bool(self._model.has_draft)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF key/value metadata, as read by the engine's own reader."""
+        if self._metadata is None:
+            self._metadata = dict(_native().gguf_read(self.path)["metadata"])
+        return self._metadata
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of weights, caches (and per token), and scratch of this model's context."""
+        return dict(self._ctx.memory())
+
+    # -- compute ---------------------------------------------------------------------------------
+    def _check_tokens(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        tokens = np.asarray(token_ids)
+        if tokens.ndim != 1:
+            raise ValueError(f"token_ids must be a flat sequence, got shape {tokens.shape}")
+        if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"token_ids must be integers, got {tokens.dtype}")
+        bad = tokens[(tokens < 0) | (tokens >= self.n_vocab)]
+        if bad.size:
+            shown = ", ".join(str(int(t)) for t in bad[:8])
+            raise ValueError(f"invalid token ids (vocabulary has {self.n_vocab}): {shown}")
+        return tokens.astype(np.int32)
+
+    def logits(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Logits [len(token_ids), n_vocab] (float32) for a fresh sequence of token ids."""
+        tokens = self._check_tokens(token_ids)
+        if tokens.size == 0:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        if tokens.size > self.n_ctx:
+            raise ContextOverflowError(f"{tokens.size} tokens do not fit in the context of {self.n_ctx}; "
+                                       f"create the Model with a larger n_ctx")
+        self._ctx.truncate(0)
+        rows = np.arange(tokens.size, dtype=np.int32)
+        logits, _ = self._ctx.decode(tokens, 0, rows, False)
+        return logits
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the native context and unmap the weights now (instead of at garbage collection)."""
+        ctx, model = getattr(self, "_ctx", None), getattr(self, "_model", None)
+        if ctx is not None:
+            ctx.close()
+        if model is not None:
+            model.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"dsv4.Model({self.path!r}, n_ctx={self.n_ctx})"
+
+
+__all__ = ["Model", "Dsv4Error"]
