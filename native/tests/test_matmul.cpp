@@ -380,24 +380,34 @@ void test_activation_quantization_is_bit_identical_across_isas() {
     }
     x[64] = 127.0f;
     const size_t row = dsv4_mm_xq_row_bytes(n);
+    const size_t used = (size_t) (2 * n + (n / 32) * 36);
     std::vector<uint8_t> ref(row), got(row);
-    dsv4_mm_kernels_scalar.quantize(x.data(), n, ref.data());
-    CHECK((int8_t) ref[64 + 1] == -14 && (int8_t) ref[64 + 2] == -14, "ties round to even (-14.5 -> -14, -13.5 -> -14)");
+    for (int32_t bias : { DSV4_MM_MXFP4_BIAS, DSV4_MM_Q8_0_BIAS }) {
+        dsv4_mm_kernels_scalar.quantize(x.data(), n, ref.data(), bias);
+        CHECK((int8_t) ref[64 + 1] == -14 && (int8_t) ref[64 + 2] == -14,
+              "ties round to even (-14.5 -> -14, -13.5 -> -14)");
+        const int32_t * corr = dsv4_mm_xq_corr(ref.data(), n);
+        CHECK(corr[16] == -bias * (127 - 14 - 14 - 12), "correction = -bias * sum of 4 q (got %d)", corr[16]);
 #if defined(__x86_64__)
-    for (dsv4_isa isa : simd_isas()) {
-        const dsv4_mm_isa_kernels & k = isa == DSV4_ISA_AVX512 ? dsv4_mm_kernels_avx512 : dsv4_mm_kernels_avx2;
-        got.assign(row, 0);
-        k.quantize(x.data(), n, got.data());
-        const uint8_t bias = isa == DSV4_ISA_AVX512 ? 0x80 : 0x00;  // the AVX-512 kernels store q + 128
-        bool same_q = true;
-        for (int64_t i = 0; i < n; i++) {
-            same_q &= (uint8_t) (got[(size_t) i] ^ bias) == ref[(size_t) i];
+        for (dsv4_isa isa : simd_isas()) {
+            const dsv4_mm_isa_kernels & k = isa == DSV4_ISA_AVX512 ? dsv4_mm_kernels_avx512 : dsv4_mm_kernels_avx2;
+            got.assign(row, 0);
+            k.quantize(x.data(), n, got.data(), bias);
+            CHECK(std::memcmp(got.data(), ref.data(), used) == 0, "%s quantized row differs from scalar (bias %d)",
+                  dsv4_isa_name(isa), bias);
         }
-        CHECK(same_q, "%s quantized values differ from scalar", dsv4_isa_name(isa));
-        CHECK(std::memcmp(got.data() + n, ref.data() + n, (size_t) (n / 32) * 36) == 0,
-              "%s block scales differ from scalar", dsv4_isa_name(isa));
-    }
 #endif
+    }
+}
+
+void test_e8m0_table_matches_bit_decoder() {
+    bool same = true;
+    for (int e = 0; e < 256; e++) {
+        const float a = dsv4_mm_e8m0_half_table.v[e], b = dsv4_mm_e8m0_half((uint8_t) e);
+        const float c = dsv4_e8m0_to_f32_half((uint8_t) e);
+        same &= std::memcmp(&a, &b, 4) == 0 && std::memcmp(&a, &c, 4) == 0;
+    }
+    CHECK(same, "the e8m0 table, the kernel bit decoder and dsv4-types agree on all 256 scales");
 }
 
 void test_moe_matches_per_pair_dense_products() {
@@ -620,6 +630,7 @@ int main() {
                 dsv4_cpu_isa_supported(DSV4_ISA_AVX2) ? "yes" : "no",
                 dsv4_cpu_isa_supported(DSV4_ISA_AVX512) ? "yes" : "no");
     test_activation_quantization_is_bit_identical_across_isas();
+    test_e8m0_table_matches_bit_decoder();
     test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads();
     test_moe_matches_per_pair_dense_products();
     test_caller_scratch_is_used_and_checked();

@@ -121,15 +121,19 @@ inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows
     float out[OR * k_rt_max];
     for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
         const int64_t left = rows->n - r0;
-        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
         const float * const * x = xs + r0;
-        switch (rt) {
-            case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
-            case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
-            case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
-            case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
-            case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
-            default: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
+        if constexpr (OR == 4) {
+            tile_float<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
+        } else {
+            switch (rt) {
+                case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
+                case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
+                case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
+                case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
+                case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
+                default: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
+            }
         }
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
@@ -211,7 +215,7 @@ inline __m256i load_block(const uint8_t * row, int64_t b, float * d) {
         return _mm256_loadu_si256((const __m256i *) (blk + 2));
     } else {
         const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
-        *d = dsv4_mm_e8m0_half(blk[0]);
+        *d = dsv4_mm_e8m0_half_table.v[blk[0]];
         const __m128i q = _mm_loadu_si128((const __m128i *) (blk + 1));
         const __m128i m = _mm_set1_epi8(0x0F);
         const __m128i lo = _mm_and_si128(q, m);
@@ -271,15 +275,19 @@ inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, 
     float out[OR * k_rt_max];
     for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
         const int64_t left = rows->n - r0;
-        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
         const uint8_t * const * x = xs + r0;
-        switch (rt) {
-            case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
-            case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
-            case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
-            case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
-            case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
-            default: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
+        if constexpr (OR == 4) {
+            tile_int<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
+        } else {
+            switch (rt) {
+                case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
+                case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
+                case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
+                case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
+                case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
+                default: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
+            }
         }
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
@@ -319,12 +327,16 @@ inline float hmax(__m256 v) {
 }
 
 // Same arithmetic as the scalar quantize (max|x| / 127, 1 / d, nearest-even), so bit-identical.
-void quantize_row(const float * x, int64_t n, uint8_t * dst) {
+void quantize_row(const float * x, int64_t n, uint8_t * dst, int32_t bias) {
     const int64_t nb = n / 32;
     float * d = (float *) (dst + n);
     float * d8 = d + nb;
+    int32_t * corr = (int32_t *) (dst + n + nb * 36);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i ones8 = _mm256_set1_epi8(1);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const __m256i nbias = _mm256_set1_epi32(-bias);
     for (int64_t b = 0; b < nb; b++) {
         const float * xb = x + 32 * b;
         const __m256 v0 = _mm256_loadu_ps(xb);
@@ -342,9 +354,13 @@ void quantize_row(const float * x, int64_t n, uint8_t * dst) {
         const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, idv));
         const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, idv));
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        _mm256_storeu_si256((__m256i *) (dst + 32 * b), _mm256_permutevar8x32_epi32(p, perm));
+        const __m256i q = _mm256_permutevar8x32_epi32(p, perm);
+        _mm256_storeu_si256((__m256i *) (dst + 32 * b), q);
         d[b] = dv;
         _mm256_storeu_ps(d8 + 8 * b, _mm256_set1_ps(dv));
+        // sums of 4 consecutive q: |1 * q| pairs via maddubs (u8 ones x s8 q), then pairs of pairs
+        const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
+        _mm256_storeu_si256((__m256i *) (corr + 8 * b), _mm256_mullo_epi32(s4, nbias));
     }
 }
 

@@ -5,10 +5,11 @@
 // (so no scalar tail), and up to 8 activation rows per register tile.
 //
 // Integer family: vpdpbusd (u8 x s8 -> int32, no intermediate saturation) over two 32-blocks per
-// 512-bit step. The activations are stored biased (q + 128, unsigned) by this file's quantize, so
-// the weights stay signed: dot(q + 128, w) = dot(q, w) + 128 * sum(w), and the correction
-// -128 * sum(w) (computed once per weight block, shared by all rows) is the accumulator the
-// dot starts from. Per row and step: vpdpbusd, convert, x d_x, FMA with d_w.
+// 512-bit step. The weights are made unsigned (Q8_0: w + 128 by flipping the top bit; MXFP4: a
+// look-up table of the doubled E2M1 values plus 12); dot(w + bias, q) = dot(w, q) + bias * sum(q),
+// and the activation side stores -bias * sum(q) per 4 values (computed once per row at
+// quantization), which is the accumulator each dot starts from. Per row and step: vpdpbusd,
+// convert, x d_x, FMA with d_w.
 #if defined(__x86_64__)
 
 #include "cpu/dsv4-matmul-impl.h"
@@ -117,17 +118,21 @@ inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows
     float out[OR * k_rt_max];
     for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
         const int64_t left = rows->n - r0;
-        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
         const float * const * x = xs + r0;
-        switch (rt) {
-            case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
-            case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
-            case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
-            case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
-            case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
-            case 6: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
-            case 7: tile_float<T, OR, 7>(wp, x, w->n_in, out); break;
-            default: tile_float<T, OR, 8>(wp, x, w->n_in, out); break;
+        if constexpr (OR == 4) {
+            tile_float<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
+        } else {
+            switch (rt) {
+                case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
+                case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
+                case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
+                case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
+                case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
+                case 6: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
+                case 7: tile_float<T, OR, 7>(wp, x, w->n_in, out); break;
+                default: tile_float<T, OR, 8>(wp, x, w->n_in, out); break;
+            }
         }
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
@@ -192,11 +197,8 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
 
 enum { T_Q8_0, T_MXFP4 };
 
-inline __m512 two_scales(float d0, float d1) {
-    return _mm512_mask_blend_ps((__mmask16) 0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
-}
-
-// Two weight blocks b, b + 1 of a row as 64 int8 values; their scales in lanes 0-7 and 8-15.
+// Two weight blocks b, b + 1 of a row as 64 unsigned values w + bias (the activations carry the
+// matching correction); their scales in lanes 0-7 and 8-15.
 template <int T>
 inline __m512i load_block2(const uint8_t * row, int64_t b, __m512 * d) {
     if constexpr (T == T_Q8_0) {
@@ -205,14 +207,16 @@ inline __m512i load_block2(const uint8_t * row, int64_t b, __m512 * d) {
         uint16_t h0, h1;
         memcpy(&h0, b0, 2);
         memcpy(&h1, b1, 2);
-        *d = two_scales(_cvtsh_ss(h0), _cvtsh_ss(h1));
+        *d = _mm512_mask_blend_ps((__mmask16) 0xFF00, _mm512_set1_ps(_cvtsh_ss(h0)), _mm512_set1_ps(_cvtsh_ss(h1)));
         const __m256i q0 = _mm256_loadu_si256((const __m256i *) (b0 + 2));
         const __m256i q1 = _mm256_loadu_si256((const __m256i *) (b1 + 2));
-        return _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+        return _mm512_xor_si512(q, _mm512_set1_epi8((char) 0x80));  // q + 128
     } else {
         const uint8_t * b0 = row + b * DSV4_MXFP4_BLOCK_BYTES;
         const uint8_t * b1 = b0 + DSV4_MXFP4_BLOCK_BYTES;
-        *d = two_scales(dsv4_mm_e8m0_half(b0[0]), dsv4_mm_e8m0_half(b1[0]));
+        *d = _mm512_mask_blend_ps((__mmask16) 0xFF00, _mm512_set1_ps(dsv4_mm_e8m0_half_table.v[b0[0]]),
+                                  _mm512_set1_ps(dsv4_mm_e8m0_half_table.v[b1[0]]));
         const __m128i q0 = _mm_loadu_si128((const __m128i *) (b0 + 1));
         const __m128i q1 = _mm_loadu_si128((const __m128i *) (b1 + 1));
         const __m512i t = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1));
@@ -220,7 +224,7 @@ inline __m512i load_block2(const uint8_t * row, int64_t b, __m512 * d) {
         const __m512i u = _mm512_shuffle_i64x2(t, t, 0x50);
         const __m512i s = _mm512_srlv_epi64(u, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
         const __m512i codes = _mm512_and_si512(s, _mm512_set1_epi8(0x0F));
-        const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values));
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values_u));
         return _mm512_shuffle_epi8(lut, codes);
     }
 }
@@ -233,15 +237,16 @@ inline __m512i load_block1(const uint8_t * row, int64_t b, __m512 * d) {
         uint16_t h0;
         memcpy(&h0, b0, 2);
         *d = _mm512_set1_ps(_cvtsh_ss(h0));
-        return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *) (b0 + 2)));
+        const __m256i q = _mm256_loadu_si256((const __m256i *) (b0 + 2));
+        return _mm512_zextsi256_si512(_mm256_xor_si256(q, _mm256_set1_epi8((char) 0x80)));
     } else {
         const uint8_t * b0 = row + b * DSV4_MXFP4_BLOCK_BYTES;
-        *d = _mm512_set1_ps(dsv4_mm_e8m0_half(b0[0]));
+        *d = _mm512_set1_ps(dsv4_mm_e8m0_half_table.v[b0[0]]);
         const __m128i q = _mm_loadu_si128((const __m128i *) (b0 + 1));
         const __m128i m = _mm_set1_epi8(0x0F);
         const __m256i codes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m)),
                                                       _mm_and_si128(_mm_srli_epi16(q, 4), m), 1);
-        const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values));
+        const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values_u));
         return _mm512_zextsi256_si512(_mm256_shuffle_epi8(lut, codes));
     }
 }
@@ -250,8 +255,10 @@ template <int T, int OR, int RT>
 inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int64_t n, float * out) {
     const int64_t nb = n / 32;
     const float * xd[RT];
+    const int32_t * xc[RT];
     for (int r = 0; r < RT; r++) {
         xd[r] = (const float *) (xq[r] + n) + nb;  // d8: 8 copies of each block scale
+        xc[r] = dsv4_mm_xq_corr(xq[r], n);
     }
     __m512 acc[OR][RT];
 #pragma GCC unroll 8
@@ -261,19 +268,17 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
             acc[i][r] = _mm512_setzero_ps();
         }
     }
-    const __m512i bias = _mm512_set1_epi8((char) 0x80);
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
             __m512 dw;
             const __m512i wv = load_block2<T>(w[i], b, &dw);
-            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv));
 #pragma GCC unroll 8
             for (int r = 0; r < RT; r++) {
                 const __m512i xv = _mm512_loadu_si512((const void *) (xq[r] + 32 * b));
-                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xv, wv));
+                const __m512i c = _mm512_loadu_si512((const void *) (xc[r] + 8 * b));
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wv, xv));
                 acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_loadu_ps(xd[r] + 8 * b)), dw, acc[i][r]);
             }
         }
@@ -283,12 +288,11 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
         for (int i = 0; i < OR; i++) {
             __m512 dw;
             const __m512i wv = load_block1<T>(w[i], b, &dw);
-            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv));
 #pragma GCC unroll 8
             for (int r = 0; r < RT; r++) {
                 const __m512i xv = _mm512_maskz_loadu_epi8((__mmask64) 0xFFFFFFFFull, xq[r] + 32 * b);
-                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xv, wv));
+                const __m512i c = _mm512_maskz_loadu_epi32((__mmask16) 0x00FF, xc[r] + 8 * b);
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wv, xv));
                 const __m512 dx = _mm512_maskz_loadu_ps((__mmask16) 0x00FF, xd[r] + 8 * b);
                 acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, dx), dw, acc[i][r]);
             }
@@ -312,17 +316,21 @@ inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, 
     float out[OR * k_rt_max];
     for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
         const int64_t left = rows->n - r0;
-        const int rt = left < k_rt_max ? (int) left : k_rt_max;
+        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
         const uint8_t * const * x = xs + r0;
-        switch (rt) {
-            case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
-            case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
-            case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
-            case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
-            case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
-            case 6: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
-            case 7: tile_int<T, OR, 7>(wp, x, w->n_in, out); break;
-            default: tile_int<T, OR, 8>(wp, x, w->n_in, out); break;
+        if constexpr (OR == 4) {
+            tile_int<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
+        } else {
+            switch (rt) {
+                case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
+                case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
+                case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
+                case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
+                case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
+                case 6: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
+                case 7: tile_int<T, OR, 7>(wp, x, w->n_in, out); break;
+                default: tile_int<T, OR, 8>(wp, x, w->n_in, out); break;
+            }
         }
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
@@ -354,12 +362,14 @@ void mm_int(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * ro
     }
 }
 
-// Same arithmetic as the scalar quantize (max|x| / 127, 1 / d, nearest-even), stored biased.
-void quantize_row(const float * x, int64_t n, uint8_t * dst) {
+// Same arithmetic as the scalar quantize (max|x| / 127, 1 / d, nearest-even), so bit-identical.
+void quantize_row(const float * x, int64_t n, uint8_t * dst, int32_t bias) {
     const int64_t nb = n / 32;
     float * d = (float *) (dst + n);
     float * d8 = d + nb;
-    const __m128i bias = _mm_set1_epi8((char) 0x80);
+    int32_t * corr = (int32_t *) (dst + n + nb * 36);
+    const __m256i ones8 = _mm256_set1_epi8(1);
+    const __m256i nbias = _mm256_set1_epi32(-bias);
     for (int64_t b = 0; b < nb; b++) {
         const float * xb = x + 32 * b;
         const __m512 v0 = _mm512_loadu_ps(xb);
@@ -370,10 +380,12 @@ void quantize_row(const float * x, int64_t n, uint8_t * dst) {
         const __m512 idv = _mm512_set1_ps(id);
         const __m128i q0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, idv)));
         const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, idv)));
-        _mm_storeu_si128((__m128i *) (dst + 32 * b), _mm_xor_si128(q0, bias));
-        _mm_storeu_si128((__m128i *) (dst + 32 * b + 16), _mm_xor_si128(q1, bias));
+        const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+        _mm256_storeu_si256((__m256i *) (dst + 32 * b), q);
         d[b] = dv;
         _mm256_storeu_ps(d8 + 8 * b, _mm256_set1_ps(dv));
+        const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, q);  // sums of 4 consecutive q
+        _mm256_storeu_si256((__m256i *) (corr + 8 * b), _mm256_mullo_epi32(s4, nbias));
     }
 }
 

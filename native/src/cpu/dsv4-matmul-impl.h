@@ -43,8 +43,9 @@ struct dsv4_mm_rows {
 typedef void (*dsv4_mm_kernel)(const struct dsv4_mm_w * w, int64_t o0, int64_t o1,
                                const struct dsv4_mm_rows * rows, void * tmp);
 
-// Quantizes one activation row of n (a multiple of 32) floats into the layout below.
-typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst);
+// Quantizes one activation row of n (a multiple of 32) floats into the layout below. bias: the
+// offset the integer kernels add to the weights to make them unsigned (see the layout's corr).
+typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst, int32_t bias);
 
 struct dsv4_mm_isa_kernels {
     dsv4_mm_kernel   f32, f16, bf16, fp8, q8_0, mxfp4;
@@ -57,16 +58,20 @@ extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx2;
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx512;
 #endif
 
-// Quantized activation row (n_in a multiple of 32, nb = n_in / 32 blocks):
-//   bytes [0, n_in)            q: int8 values in [-127, 127]; the AVX-512 kernels store q + 128
-//                              as uint8 instead (their quantize writes that form), for vpdpbusd
-//   floats at n_in             d[nb]: block scales, x ~= d * q (d = max|x| / 127)
-//   floats at n_in + 4 nb      d8[nb * 8]: each d repeated 8 times (one per int32 lane of a block)
-// Rounding: q = nearest-even(x * (1 / d)), identical in every ISA, so integer block sums agree
-// exactly across kernels.
+// Quantized activation row (n_in a multiple of 32, nb = n_in / 32 blocks), identical in every ISA:
+//   bytes [0, n_in)             q: int8 in [-127, 127], q = nearest-even(x * (1 / d))
+//   floats at n_in              d[nb]: block scales, x ~= d * q, d = max|x| / 127
+//   floats at n_in + 4 nb       d8[nb * 8]: each d repeated 8 times (one per int32 lane of a block)
+//   int32 at n_in + 36 nb       corr[n_in / 4]: -bias * (q[4i] + q[4i+1] + q[4i+2] + q[4i+3])
+// corr lets a kernel use unsigned weights w + bias (vpdpbusd multiplies u8 by s8): the dot of 4
+// (w + bias) with 4 q, started from corr, is exactly the dot of w with q.
 static inline size_t dsv4_mm_xq_row_bytes(int64_t n_in) {
     const size_t nb = (size_t) n_in / 32;
-    return ((size_t) n_in + nb * 36 + 63) & ~(size_t) 63;
+    return ((size_t) n_in * 2 + nb * 36 + 63) & ~(size_t) 63;
+}
+
+static inline const int32_t * dsv4_mm_xq_corr(const uint8_t * xq, int64_t n_in) {
+    return (const int32_t *) (xq + n_in + (n_in / 32) * 36);
 }
 
 static inline int64_t dsv4_mm_pad16(int64_t n) {
@@ -151,6 +156,32 @@ static inline float dsv4_mm_e8m0_half(uint8_t e) {
     return dsv4_mm_bits_f32(e < 2 ? (0x00200000u << e) : ((uint32_t) (e - 1) << 23));
 }
 
-// Doubled E2M1 values of the 16 MXFP4 codes.
+// The same as a table (a load instead of bit manipulation in the kernels' inner loops); built at
+// compile time by exact halving/doubling, equal to dsv4_mm_e8m0_half (the tests check it).
+struct dsv4_mm_f32_table256 {
+    float v[256];
+};
+
+constexpr dsv4_mm_f32_table256 dsv4_mm_make_e8m0_half_table() {
+    dsv4_mm_f32_table256 t{};
+    for (int e = 0; e < 256; e++) {
+        float v = 1.0f;
+        for (int p = e - 128; p > 0; p--) {
+            v *= 2.0f;
+        }
+        for (int p = e - 128; p < 0; p++) {
+            v *= 0.5f;
+        }
+        t.v[e] = v;
+    }
+    return t;
+}
+
+static constexpr dsv4_mm_f32_table256 dsv4_mm_e8m0_half_table = dsv4_mm_make_e8m0_half_table();
+
+// Doubled E2M1 values of the 16 MXFP4 codes, and the same plus 12 (unsigned, for vpdpbusd).
 static const int8_t dsv4_mm_mxfp4_values[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+static const uint8_t dsv4_mm_mxfp4_values_u[16] = { 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0 };
+#define DSV4_MM_MXFP4_BIAS 12
+#define DSV4_MM_Q8_0_BIAS  128
 

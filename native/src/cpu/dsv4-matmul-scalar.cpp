@@ -99,11 +99,12 @@ void mm_int_family(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_ro
     }
 }
 
-void quantize_row(const float * x, int64_t n, uint8_t * dst) {
+void quantize_row(const float * x, int64_t n, uint8_t * dst, int32_t bias) {
     const int64_t nb = n / 32;
     int8_t * q = (int8_t *) dst;
     float * d = (float *) (dst + n);
     float * d8 = d + nb;
+    int32_t * corr = (int32_t *) (dst + n + nb * 36);
     for (int64_t b = 0; b < nb; b++) {
         const float * xb = x + 32 * b;
         float amax = 0.0f;
@@ -122,6 +123,9 @@ void quantize_row(const float * x, int64_t n, uint8_t * dst) {
         for (int j = 0; j < 8; j++) {
             d8[8 * b + j] = dv;
         }
+    }
+    for (int64_t i = 0; i < n / 4; i++) {
+        corr[i] = -bias * (q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
     }
 }
 

@@ -38,6 +38,10 @@ bool type_quantizes_x(dsv4_type type) {
     return type == DSV4_TYPE_Q8_0 || type == DSV4_TYPE_MXFP4;
 }
 
+int32_t quantize_bias(dsv4_type type) {
+    return type == DSV4_TYPE_Q8_0 ? DSV4_MM_Q8_0_BIAS : DSV4_MM_MXFP4_BIAS;
+}
+
 const char * type_name(dsv4_type type) {
     const dsv4_type_traits * t = dsv4_get_type_traits(type);
     return t ? t->name : "unknown";
@@ -165,6 +169,7 @@ dsv4_status get_scratch(const dsv4_matmul_params * p, size_t need, scratch_buf *
 
 struct quantize_task {
     dsv4_mm_quantize quantize;
+    int32_t bias;
     const float * x;
     int64_t x_stride;
     int64_t n_rows;
@@ -178,7 +183,7 @@ void quantize_fn(void * ctx, int ith, int nth) {
     const int64_t r0 = t->n_rows * ith / nth;
     const int64_t r1 = t->n_rows * (ith + 1) / nth;
     for (int64_t r = r0; r < r1; r++) {
-        t->quantize(t->x + r * t->x_stride, t->n_in, t->xq + (size_t) r * t->xq_stride);
+        t->quantize(t->x + r * t->x_stride, t->n_in, t->xq + (size_t) r * t->xq_stride, t->bias);
     }
 }
 
@@ -411,7 +416,7 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
     if (type_quantizes_x(w->type)) {
-        quantize_task q = { kern->quantize, x, x_stride, n_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
+        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
         run_quantize(pool, &q);
         t.rows.xq = p;
         t.rows.xq_stride = (int64_t) q.xq_stride;
@@ -500,7 +505,7 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
     if (type_quantizes_x(w->type)) {
-        quantize_task q = { kern->quantize, x, x_stride, n_x_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
+        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
         run_quantize(pool, &q);
         t.rows.xq = p;
         t.rows.xq_stride = (int64_t) q.xq_stride;
