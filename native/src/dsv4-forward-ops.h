@@ -1,0 +1,118 @@
+// Small numeric helpers of the forward pass and a parallel-for over the context's thread pool.
+// Internal to dsv4-forward*.cpp / dsv4-attention.cpp / dsv4-moe.cpp.
+#pragma once
+
+#include "cpu/dsv4-threadpool.h"
+
+#include <math.h>
+#include <stdint.h>
+
+// Runs fn(i0, i1, ith) over [0, n) split into contiguous ranges, one per pool thread. Small
+// ranges (n < min_items) or a single-thread pool run on the calling thread (ith = 0).
+template <typename Fn>
+void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
+    if (n <= 0) {
+        return;
+    }
+    const int nth = pool ? dsv4_threadpool_n_threads(pool) : 1;
+    if (nth <= 1 || n < min_items || n < 2) {
+        fn((int64_t) 0, n, 0);
+        return;
+    }
+    struct job {
+        Fn * fn;
+        int64_t n;
+    } j{&fn, n};
+    auto tramp = [](void * ctx, int ith, int nth_) {
+        job * jb = (job *) ctx;
+        const int64_t i0 = jb->n * ith / nth_;
+        const int64_t i1 = jb->n * (ith + 1) / nth_;
+        if (i0 < i1) {
+            (*jb->fn)(i0, i1, ith);
+        }
+    };
+    if (dsv4_threadpool_run(pool, tramp, &j) != DSV4_OK) {
+        fn((int64_t) 0, n, 0);  // only on misuse (a nested run); the result is the same
+    }
+}
+
+// Dot product with 8 independent partial sums (a fixed order, so results do not depend on how
+// rows are batched, and the compiler can keep the lanes in SIMD registers).
+static inline float dsv4_dot(const float * a, const float * b, int64_t n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 += a[i + 0] * b[i + 0];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+        s4 += a[i + 4] * b[i + 4];
+        s5 += a[i + 5] * b[i + 5];
+        s6 += a[i + 6] * b[i + 6];
+        s7 += a[i + 7] * b[i + 7];
+    }
+    float s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+    for (; i < n; i++) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+// y += a * x
+static inline void dsv4_axpy(float * y, float a, const float * x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        y[i] += a * x[i];
+    }
+}
+
+// 1 / sqrt(mean(x^2) + eps), the mean accumulated in double.
+static inline float dsv4_rms_inv(const float * x, int64_t n, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ss += (double) x[i] * x[i];
+    }
+    return (float) (1.0 / sqrt(ss / (double) n + (double) eps));
+}
+
+static inline float dsv4_sigmoid(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}
+
+// v4-model.md §2 RoPE on the LAST rd dims of x[dim]: interleaved pairs (x[2i], x[2i+1]) rotated
+// by angle_i; cs = cos[rd/2] then sin[rd/2]. inverse: rotate by -angle (the conjugate).
+static inline void dsv4_rope_tail(float * x, int64_t dim, int64_t rd, const float * cs, bool inverse) {
+    float * p = x + (dim - rd);
+    const int64_t half = rd / 2;
+    const float * c = cs;
+    const float * s = cs + half;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = p[2 * i], b = p[2 * i + 1];
+        const float sn = inverse ? -s[i] : s[i];
+        p[2 * i] = a * c[i] - b * sn;
+        p[2 * i + 1] = a * sn + b * c[i];
+    }
+}
+
+// v4-model.md §4.7: Sylvester-ordered Walsh-Hadamard transform of x[n] (n a power of two),
+// scaled by n^-0.5.
+static inline void dsv4_hadamard(float * x, int64_t n) {
+    for (int64_t h = 1; h < n; h *= 2) {
+        for (int64_t i = 0; i < n; i += 2 * h) {
+            for (int64_t j = i; j < i + h; j++) {
+                const float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+    }
+    const float s = (float) (1.0 / sqrt((double) n));
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= s;
+    }
+}
+
+// Deterministic top-k order (v4-model.md §4.7): higher score first, equal scores by lower index.
+// -0.0 == +0.0 here, as in the reference's stable sort of (scores + 0.0).
+static inline bool dsv4_topk_better(float sa, int32_t ia, float sb, int32_t ib) {
+    return sa > sb || (sa == sb && ia < ib);
+}
