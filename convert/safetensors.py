@@ -147,9 +147,45 @@ class SafetensorsFile:
         np_dtype = DTYPES[info.dtype][1]
         return self.raw(name).view(np_dtype).reshape(info.shape)
 
+    def fileno(self) -> int:
+        """The OS file descriptor, for in-kernel copies (os.copy_file_range) of raw tensor bytes."""
+        return self._fh.fileno()
+
+    def _page_range(self, info: TensorInfo) -> tuple[int, int]:
+        start = info.begin - info.begin % mmap.PAGESIZE
+        return start, info.begin + info.nbytes - start
+
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to read a tensor ahead (MADV_WILLNEED); a hint, never an error."""
+        info = self.info(name)
+        if info.nbytes and hasattr(mmap, "MADV_WILLNEED"):
+            start, length = self._page_range(info)
+            try:
+                self._map().madvise(mmap.MADV_WILLNEED, start, length)
+            except (OSError, ValueError):
+                pass
+
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's mapping (MADV_DONTNEED).
+
+        The pages stay in the page cache; only our resident set shrinks. Without this, reading a
+        whole checkpoint through one mapping would make RSS grow to the checkpoint size. Views
+        returned by raw()/array() stay valid: touching them again just faults the pages back in.
+        """
+        info = self.info(name)
+        if info.nbytes and self._mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            start, length = self._page_range(info)
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, start, length)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # a numpy view still points into the mapping; it is unmapped when that dies
             self._mm = None
         self._fh.close()
 
