@@ -160,7 +160,8 @@ class V4Config:
     norm_eps: float
     bos_token_id: int | None
     eos_token_id: int | None
-    dspark: DSparkConfig | None  # None when config.json has no dspark_* fields
+    dspark: DSparkConfig | None  # None when config.json lacks (some of) the dspark_* fields
+    dspark_error: str | None     # why dspark is None
 
     @staticmethod
     def from_dict(raw: dict[str, Any], path: Path) -> "V4Config":
@@ -179,12 +180,16 @@ class V4Config:
         if len(f["compress_ratios"]) < f["num_hidden_layers"]:
             raise ConversionError(f"{path}: compress_ratios has {len(f['compress_ratios'])} entries, "
                                   f"fewer than num_hidden_layers = {f['num_hidden_layers']}")
-        dspark = None
-        if any(k in raw for k in REQUIRED_DSPARK_CONFIG):
+        # The draft fields are checked here but only fatal when the draft is converted (plan.py):
+        # `--no-draft` still converts a target whose dspark_* fields are incomplete.
+        dspark, dspark_error = None, None
+        try:
             ds = {name: _check_field(path, raw, name, kind) for name, kind in REQUIRED_DSPARK_CONFIG.items()}
             dspark = DSparkConfig(ds["dspark_block_size"], ds["dspark_noise_token_id"],
                                   tuple(ds["dspark_target_layer_ids"]), ds["dspark_markov_rank"],
                                   int(raw.get("dspark_sliding_window", f["sliding_window"])))
+        except ConversionError as exc:
+            dspark_error = str(exc)
         rope_scaling = raw.get("rope_scaling") or None
         return V4Config(
             path=path, vocab=f["vocab_size"], d=f["hidden_size"], n_layer=f["num_hidden_layers"],
@@ -200,7 +205,7 @@ class V4Config:
             norm_topk=bool(raw.get("norm_topk_prob", True)), swiglu_limit=float(f["swiglu_limit"]),
             hc=f["hc_mult"], hc_iters=f["hc_sinkhorn_iters"], hc_eps=float(f["hc_eps"]),
             norm_eps=float(f["rms_norm_eps"]), bos_token_id=raw.get("bos_token_id"),
-            eos_token_id=raw.get("eos_token_id"), dspark=dspark,
+            eos_token_id=raw.get("eos_token_id"), dspark=dspark, dspark_error=dspark_error,
         )
 
     def ratio(self, block: int) -> int:

@@ -278,8 +278,8 @@ def _check_draft_config(ckpt: Checkpoint, stages: list[int]) -> None:
         missing = sorted(set(range(max(stages) + 1)) - set(stages))
         raise ConversionError(f"{ckpt.dir}: DSpark stages are not contiguous: no tensors for mtp.{missing[0]}")
     if cfg.dspark is None:
-        raise ConversionError(f"{path}: the checkpoint has DSpark stages (mtp.*) but the config is missing the "
-                              f"required field 'dspark_block_size' (and the other dspark_* fields)")
+        raise ConversionError(f"{cfg.dspark_error} (the checkpoint has DSpark stages, mtp.*; "
+                              f"--no-draft converts the target alone)")
     n = cfg.n_layer + len(stages)
     if len(cfg.compress_ratios) != n:
         raise ConversionError(f"{path}: compress_ratios has {len(cfg.compress_ratios)} entries, expected "
