@@ -2,9 +2,9 @@
 // target through the pragma below, so no -march flag is needed; the driver only calls into here
 // after __builtin_cpu_supports says the CPU has the features.
 //
-// Float family (F32/F16/BF16/FP8): tiles of OR weight rows x RT activation rows, one accumulator
-// register per (weight row, activation row); each 8-wide weight vector is decoded once and used RT
-// times. FP8 uses the e4m3 -> f16 bit trick: byte b becomes the f16 bits
+// Float family (F32/F16/BF16/FP8): tiles of OR weight rows x RT activation rows (4 x 3; 4 x 1 for
+// decode), one accumulator register per (weight row, activation row); each 8-wide weight vector
+// is decoded once per tile and used RT times, each activation vector used OR times. FP8 uses the e4m3 -> f16 bit trick: byte b becomes the f16 bits
 // ((b & 0x80) << 8) | ((b & 0x7F) << 7), whose value is e4m3(b) * 2^-8 exactly (normals and
 // subnormals); the 2^8 and the 128x128 block scale are folded into a rescaled copy of the
 // activations made once per 128-row output block.
@@ -30,7 +30,12 @@ namespace {
 
 enum { T_F32, T_F16, T_BF16, T_FP8 };
 
-constexpr int k_rt_max = 6;  // activation rows per register tile
+// Register tiles: weight rows x activation rows per tile (accumulators = product).
+#ifndef DSV4_MM_AVX2_TILES
+#define DSV4_MM_AVX2_TILES 4, 3, 2, 6
+#endif
+constexpr int k_tiles[4] = { DSV4_MM_AVX2_TILES };
+constexpr int k_float_or = k_tiles[0], k_float_rt = k_tiles[1], k_int_or = k_tiles[2], k_int_rt = k_tiles[3];
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -112,29 +117,31 @@ inline void tile_float(const uint8_t * const * w, const float * const * x, int64
 }
 
 // Output rows [o, o + OR) against all activation rows (pointers xs[0..R)), RT rows at a time.
-template <int T, int OR>
+template <int T, int OR, int RT>
+inline void dispatch_float(int rt, const uint8_t * const * w, const float * const * x, int64_t n, float * out) {
+    if constexpr (RT == 1) {
+        tile_float<T, OR, 1>(w, x, n, out);
+    } else {
+        if (rt == RT) {
+            tile_float<T, OR, RT>(w, x, n, out);
+        } else {
+            dispatch_float<T, OR, RT - 1>(rt, w, x, n, out);
+        }
+    }
+}
+
+// Output rows [o, o + OR) against all activation rows (pointers xs[0..n)), RTMAX rows at a time.
+template <int T, int OR, int RTMAX>
 inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const float * const * xs) {
     const uint8_t * wp[OR];
     for (int i = 0; i < OR; i++) {
         wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
     }
-    float out[OR * k_rt_max];
-    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+    float out[OR * RTMAX];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += RTMAX) {
         const int64_t left = rows->n - r0;
-        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
-        const float * const * x = xs + r0;
-        if constexpr (OR == 4) {
-            tile_float<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
-        } else {
-            switch (rt) {
-                case 1: tile_float<T, OR, 1>(wp, x, w->n_in, out); break;
-                case 2: tile_float<T, OR, 2>(wp, x, w->n_in, out); break;
-                case 3: tile_float<T, OR, 3>(wp, x, w->n_in, out); break;
-                case 4: tile_float<T, OR, 4>(wp, x, w->n_in, out); break;
-                case 5: tile_float<T, OR, 5>(wp, x, w->n_in, out); break;
-                default: tile_float<T, OR, 6>(wp, x, w->n_in, out); break;
-            }
-        }
+        const int rt = left < RTMAX ? (int) left : RTMAX;
+        dispatch_float<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out);
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
             for (int i = 0; i < OR; i++) {
@@ -172,7 +179,6 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
             xs[i] = dsv4_mm_x_row(rows, i);
         }
     }
-    const int OR = R == 1 ? 4 : 2;
     for (int64_t s0 = o0; s0 < o1;) {
         int64_t s1 = o1;
         if constexpr (T == T_FP8) {
@@ -184,17 +190,17 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
             }
         }
         int64_t o = s0;
-        if (OR == 4) {
+        if (R == 1) {  // decode: 4 weight rows for 4 independent accumulator chains
             for (; o + 4 <= s1; o += 4) {
-                rows_float<T, 4>(w, o, rows, xs);
+                rows_float<T, 4, 1>(w, o, rows, xs);
             }
         } else {
-            for (; o + 2 <= s1; o += 2) {
-                rows_float<T, 2>(w, o, rows, xs);
+            for (; o + k_float_or <= s1; o += k_float_or) {
+                rows_float<T, k_float_or, k_float_rt>(w, o, rows, xs);
             }
         }
         for (; o < s1; o++) {
-            rows_float<T, 1>(w, o, rows, xs);
+            rows_float<T, 1, k_float_rt>(w, o, rows, xs);
         }
         s0 = s1;
     }
@@ -266,29 +272,31 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
     }
 }
 
-template <int T, int OR>
+template <int T, int OR, int RT>
+inline void dispatch_int(int rt, const uint8_t * const * w, const uint8_t * const * x, int64_t n, float * out) {
+    if constexpr (RT == 1) {
+        tile_int<T, OR, 1>(w, x, n, out);
+    } else {
+        if (rt == RT) {
+            tile_int<T, OR, RT>(w, x, n, out);
+        } else {
+            dispatch_int<T, OR, RT - 1>(rt, w, x, n, out);
+        }
+    }
+}
+
+// Output rows [o, o + OR) against all activation rows (pointers xs[0..n)), RTMAX rows at a time.
+template <int T, int OR, int RTMAX>
 inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const uint8_t * const * xs) {
     const uint8_t * wp[OR];
     for (int i = 0; i < OR; i++) {
         wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
     }
-    float out[OR * k_rt_max];
-    for (int64_t r0 = 0; r0 < rows->n; r0 += k_rt_max) {
+    float out[OR * RTMAX];
+    for (int64_t r0 = 0; r0 < rows->n; r0 += RTMAX) {
         const int64_t left = rows->n - r0;
-        const int rt = OR == 4 ? 1 : left < k_rt_max ? (int) left : k_rt_max;  // OR = 4 only for R = 1
-        const uint8_t * const * x = xs + r0;
-        if constexpr (OR == 4) {
-            tile_int<T, 4, 1>(wp, x, w->n_in, out);  // used for R = 1 only
-        } else {
-            switch (rt) {
-                case 1: tile_int<T, OR, 1>(wp, x, w->n_in, out); break;
-                case 2: tile_int<T, OR, 2>(wp, x, w->n_in, out); break;
-                case 3: tile_int<T, OR, 3>(wp, x, w->n_in, out); break;
-                case 4: tile_int<T, OR, 4>(wp, x, w->n_in, out); break;
-                case 5: tile_int<T, OR, 5>(wp, x, w->n_in, out); break;
-                default: tile_int<T, OR, 6>(wp, x, w->n_in, out); break;
-            }
-        }
+        const int rt = left < RTMAX ? (int) left : RTMAX;
+        dispatch_int<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out);
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
             for (int i = 0; i < OR; i++) {
@@ -305,17 +313,17 @@ void mm_int(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * ro
         xs[i] = dsv4_mm_xq_row(rows, i);
     }
     int64_t o = o0;
-    if (rows->n == 1) {
+    if (rows->n == 1) {  // decode: 4 weight rows for 4 independent accumulator chains
         for (; o + 4 <= o1; o += 4) {
-            rows_int<T, 4>(w, o, rows, xs);
+            rows_int<T, 4, 1>(w, o, rows, xs);
         }
     } else {
-        for (; o + 2 <= o1; o += 2) {
-            rows_int<T, 2>(w, o, rows, xs);
+        for (; o + k_int_or <= o1; o += k_int_or) {
+            rows_int<T, k_int_or, k_int_rt>(w, o, rows, xs);
         }
     }
     for (; o < o1; o++) {
-        rows_int<T, 1>(w, o, rows, xs);
+        rows_int<T, 1, k_int_rt>(w, o, rows, xs);
     }
 }
 
