@@ -19,6 +19,7 @@
 namespace py = pybind11;
 
 void dsv4_bind_gguf(py::module_ & m);
+void dsv4_bind_model(py::module_ & m);
 
 namespace {
 
@@ -472,4 +473,5 @@ PYBIND11_MODULE(_native, m) {
           "Encode float32 rows (last axis) with the type's row encoder (f32, f16, bf16, q8_0) -> bytes.");
 
     dsv4_bind_gguf(m);
+    dsv4_bind_model(m);
 }

@@ -116,12 +116,12 @@ int32_t dsv4_kv_cache_min_past(const dsv4_kv_cache * c) {
 
 dsv4_status dsv4_kv_cache_truncate(dsv4_kv_cache * c, int32_t n_old, int32_t n_new) {
     if (n_new < 0 || n_new > n_old) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "truncate: n_past %d is outside [0, %d]", n_new, n_old);
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_context_truncate: n_past %d is outside [0, %d]", n_new, n_old);
     }
     const int32_t lo = dsv4_kv_cache_min_past(c);
     if (n_new < lo) {
         return dsv4_set_error(DSV4_ERR_INVALID_ARG,
-                              "truncate: n_past %d is more than %d rows back from the furthest position written (%d); "
+                              "dsv4_context_truncate: n_past %d is more than %d rows back from the furthest position written (%d); "
                               "the smallest n_past this context can return to is %d",
                               n_new, c->n_rollback, c->n_hi, lo);
     }

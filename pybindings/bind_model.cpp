@@ -1,0 +1,213 @@
+// Bindings for models and contexts (dsv4.h): _native.Model and _native.Context.
+//
+// A Context keeps its Model's native handle alive (shared ownership), so closing or dropping the
+// Python Model while a context still runs is safe: the weights are unmapped when the last user
+// goes. Arguments are checked here (dtypes, shapes) before the GIL is released; the C API checks
+// the values (token ids, positions) and its messages become the Python exceptions.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "bind_common.h"
+#include "dsv4-context.h"
+#include "dsv4.h"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+using model_ptr = std::shared_ptr<dsv4_model>;
+
+void check(dsv4_status status) {
+    if (status != DSV4_OK) {
+        dsv4_py::throw_last_error(status);
+    }
+}
+
+struct py_model {
+    model_ptr m;
+
+    py_model(const std::string & path, bool load_draft) {
+        dsv4_model_params p = dsv4_model_default_params();
+        p.load_draft = load_draft;
+        dsv4_model * raw = nullptr;
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_model_load(path.c_str(), &p, &raw);
+        }
+        check(st);
+        m = model_ptr(raw, dsv4_model_free);
+    }
+
+    dsv4_model * get() const {
+        if (!m) throw py::value_error("Model is closed");
+        return m.get();
+    }
+
+    void close() { m.reset(); }
+};
+
+// Integer array-like -> contiguous int32, refusing values that int32 cannot hold (so no wrap-around
+// can turn a bad id into a valid one) and non-integer dtypes (no silent float truncation).
+py::array_t<int32_t, py::array::c_style> int32_arg(const py::object & obj, const char * what) {
+    py::array a = py::array::ensure(obj);
+    if (!a) throw py::value_error(std::string("decode: ") + what + " must be an array of integers");
+    if (a.ndim() != 1) {
+        throw py::value_error(std::string("decode: ") + what + " must be 1-D, got " + std::to_string(a.ndim()) + " dimensions");
+    }
+    const char kind = a.dtype().kind();
+    if (a.size() > 0 && kind != 'i' && kind != 'u') {
+        throw py::value_error(std::string("decode: ") + what + " must hold integers, got dtype " +
+                              std::string(py::str(a.dtype())));
+    }
+    if (a.size() > 0 && !a.dtype().is(py::dtype::of<int32_t>())) {
+        py::module_ np = py::module_::import("numpy");
+        const long long lo = py::int_(np.attr("min")(a)), hi = py::int_(np.attr("max")(a));
+        if (lo < INT32_MIN || hi > INT32_MAX) {
+            throw py::value_error(std::string("decode: ") + what + " holds " + std::to_string(lo < INT32_MIN ? lo : hi) +
+                                  ", outside int32");
+        }
+    }
+    return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+struct py_context {
+    model_ptr m;
+    dsv4_context * ctx = nullptr;
+
+    py_context(const py_model & model, int32_t n_ctx, int32_t n_threads, int32_t n_batch) : m(model.m) {
+        if (!m) throw py::value_error("Model is closed");
+        dsv4_context_params p = dsv4_context_default_params();
+        p.n_ctx = n_ctx;
+        p.n_threads = n_threads;
+        p.n_batch = n_batch;
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_context_init(m.get(), &p, &ctx);
+        }
+        check(st);
+    }
+
+    ~py_context() { close(); }
+
+    void close() {
+        if (ctx) {
+            dsv4_context_free(ctx);
+            ctx = nullptr;
+        }
+        m.reset();
+    }
+
+    dsv4_context * get() const {
+        if (!ctx) throw py::value_error("Context is closed");
+        return ctx;
+    }
+
+    py::tuple decode(const py::object & tokens_obj, int32_t pos, const py::object & rows_obj, bool features) {
+        dsv4_context * c = get();
+        const auto tokens = int32_arg(tokens_obj, "tokens");
+        const int32_t n = (int32_t) tokens.size();
+        py::array_t<int32_t, py::array::c_style> rows;
+        if (rows_obj.is_none()) {
+            rows = py::array_t<int32_t, py::array::c_style>(n);
+            for (int32_t i = 0; i < n; i++) rows.mutable_data()[i] = i;
+        } else {
+            rows = int32_arg(rows_obj, "logit_rows");
+        }
+        const int32_t n_rows = (int32_t) rows.size();
+        const int64_t V = dsv4_model_n_vocab(m.get());
+        const int64_t n_feat = (int64_t) dsv4_model_n_tap(m.get()) * dsv4_model_n_embd(m.get());
+        py::array_t<float> logits({(py::ssize_t) n_rows, (py::ssize_t) V});
+        py::object feat_obj = py::none();
+        float * feat = nullptr;
+        if (features) {
+            py::array_t<float> fa({(py::ssize_t) n, (py::ssize_t) n_feat});
+            feat = fa.mutable_data();
+            feat_obj = fa;
+        }
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_decode(c, tokens.data(), n, pos, n_rows ? rows.data() : nullptr, n_rows,
+                             n_rows ? logits.mutable_data() : nullptr, feat);
+        }
+        check(st);
+        return py::make_tuple(logits, feat_obj);
+    }
+
+    void truncate(int32_t n_past) { check(dsv4_context_truncate(get(), n_past)); }
+
+    py::dict memory() const {
+        dsv4_memory_report r;
+        check(dsv4_context_memory(get(), &r));
+        py::dict d;
+        d["weight_bytes"] = r.weight_bytes;
+        d["cache_bytes"] = r.cache_bytes;
+        d["cache_bytes_per_token"] = r.cache_bytes_per_token;
+        d["scratch_bytes"] = r.scratch_bytes;
+        return d;
+    }
+
+    // Test hook: the logical cache state of target layer il (dsv4-kv-cache.h).
+    py::dict layer_state(int32_t il) const {
+        dsv4_layer_state s;
+        check(dsv4_context_layer_state(get(), il, &s));
+        const dsv4_hparams & hp = m->hp;
+        auto rows = [](const std::vector<float> & v, int64_t width) {
+            const int64_t n = width > 0 ? (int64_t) v.size() / width : 0;
+            py::array_t<float> a({(py::ssize_t) n, (py::ssize_t) width});
+            if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+            return a;
+        };
+        const int32_t ratio = hp.compress_ratios[(size_t) il];
+        const int64_t hd = hp.head_dim, di = hp.indexer_head_dim, coff = ratio == 4 ? 2 : 1;
+        py::dict d;
+        d["window"] = rows(s.window, hd);
+        d["comp"] = rows(s.comp, hd);
+        d["comp_kv"] = rows(s.comp_kv, coff * hd);
+        d["comp_score"] = rows(s.comp_sc, coff * hd);
+        d["index_keys"] = rows(s.idx_keys, di);
+        d["index_kv"] = rows(s.idx_kv, 2 * di);
+        d["index_score"] = rows(s.idx_sc, 2 * di);
+        d["first_state_pos"] = s.first_state_pos;
+        return d;
+    }
+};
+
+}  // namespace
+
+void dsv4_bind_model(py::module_ & m) {
+    py::class_<py_model>(m, "Model", "A dsv4 / deepseek4 GGUF mapped and validated by the native loader.")
+        .def(py::init<const std::string &, bool>(), py::arg("path"), py::arg("load_draft") = true)
+        .def_property_readonly("n_vocab", [](const py_model & s) { return dsv4_model_n_vocab(s.get()); })
+        .def_property_readonly("n_embd", [](const py_model & s) { return dsv4_model_n_embd(s.get()); })
+        .def_property_readonly("n_layer", [](const py_model & s) { return dsv4_model_n_layer(s.get()); })
+        .def_property_readonly("n_ctx_train", [](const py_model & s) { return dsv4_model_n_ctx_train(s.get()); })
+        .def_property_readonly("n_tap", [](const py_model & s) { return dsv4_model_n_tap(s.get()); })
+        .def_property_readonly("has_draft", [](const py_model & s) { return dsv4_model_has_draft(s.get()); })
+        .def_property_readonly("weight_bytes", [](const py_model & s) { return dsv4_model_weight_bytes(s.get()); })
+        .def_property_readonly("arch", [](const py_model & s) { return std::string(dsv4_model_arch(s.get())); })
+        .def("close", &py_model::close, "Drop this handle (the mapping goes when no context uses it).");
+
+    py::class_<py_context>(m, "Context", "Caches, scratch and threads for one sequence over a Model.")
+        .def(py::init<const py_model &, int32_t, int32_t, int32_t>(), py::arg("model"), py::arg("n_ctx") = 4096,
+             py::arg("n_threads") = 0, py::arg("n_batch") = 64)
+        .def("decode", &py_context::decode, py::arg("tokens"), py::arg("pos"), py::arg("logit_rows") = py::none(),
+             py::arg("features") = false,
+             "Run tokens at positions pos.. (pos must equal n_past). Returns (logits [len(logit_rows), n_vocab] "
+             "float32, features [len(tokens), n_tap * n_embd] float32 or None); logit_rows None = every row.")
+        .def("truncate", &py_context::truncate, py::arg("n_past"),
+             "Drop positions >= n_past (at most max_rollback back, or to 0).")
+        .def_property_readonly("n_past", [](const py_context & s) { return dsv4_context_n_past(s.get()); })
+        .def_property_readonly("max_rollback", [](const py_context & s) { return dsv4_context_max_rollback(s.get()); })
+        .def("memory", &py_context::memory, "Bytes: weight_bytes, cache_bytes, cache_bytes_per_token, scratch_bytes.")
+        .def("_layer_state", &py_context::layer_state, py::arg("layer"),
+             "Test hook: the logical cache state of a target layer (window, comp, compressor inputs, indexer).")
+        .def("close", &py_context::close, "Free the context now.");
+}
