@@ -611,6 +611,37 @@ void test_invalid_arguments_return_status() {
     CHECK(std::strlen(dsv4_last_error()) > 0, "an error message is set");
 }
 
+struct nested_ctx {
+    dsv4_threadpool * pool;
+    const dsv4_weight * w;
+    const float * x;
+    float * y;
+    dsv4_status st;
+};
+
+void nested_matmul_fn(void * ctx, int ith, int) {
+    nested_ctx * c = (nested_ctx *) ctx;
+    if (ith == 0) {
+        dsv4_matmul_params p = dsv4_matmul_default_params();
+        p.pool = c->pool;
+        c->st = dsv4_matmul(&p, c->w, c->x, 64, c->y, 64, 1);
+    }
+}
+
+void test_matmul_on_a_busy_pool_is_refused() {
+    std::vector<float> wdata(64 * 64, 1.0f), x(64, 1.0f), y(64, 0.0f);
+    dsv4_weight w;
+    dsv4_weight_init(&w, DSV4_TYPE_F32, 64, 64, wdata.data(), nullptr);
+    dsv4_threadpool * pool = dsv4_threadpool_init(2);
+    nested_ctx c = { pool, &w, x.data(), y.data(), DSV4_OK };
+    CHECK(dsv4_threadpool_run(pool, nested_matmul_fn, &c) == DSV4_OK, "outer run");
+    CHECK(c.st == DSV4_ERR_INVALID_ARG, "a matmul on the pool it runs inside must be refused, got %d", (int) c.st);
+    dsv4_matmul_params p = dsv4_matmul_default_params();
+    p.pool = pool;
+    CHECK(dsv4_matmul(&p, &w, x.data(), 64, y.data(), 64, 1) == DSV4_OK && y[5] == 64.0f, "the pool works after");
+    dsv4_threadpool_free(pool);
+}
+
 void print_summary() {
     const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
                                 DSV4_TYPE_MXFP4 };
@@ -635,6 +666,7 @@ int main() {
     test_moe_matches_per_pair_dense_products();
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
+    test_matmul_on_a_busy_pool_is_refused();
     print_summary();
     if (g_failures) {
         std::fprintf(stderr, "test_matmul: %d of %d checks failed\n", g_failures, g_checks);

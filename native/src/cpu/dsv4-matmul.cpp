@@ -187,12 +187,14 @@ void quantize_fn(void * ctx, int ith, int nth) {
     }
 }
 
-void run_quantize(dsv4_threadpool * pool, const quantize_task * t) {
+// The pool refuses a run while it is busy (a matmul called from inside a pool task, or two
+// threads sharing one pool); that error is returned, nothing is computed.
+dsv4_status run_quantize(dsv4_threadpool * pool, const quantize_task * t) {
     if (pool && dsv4_threadpool_n_threads(pool) > 1 && t->n_rows > 1 && t->n_rows * t->n_in >= k_parallel_quantize_min) {
-        dsv4_threadpool_run(pool, quantize_fn, (void *) t);
-    } else {
-        quantize_fn((void *) t, 0, 1);
+        return dsv4_threadpool_run(pool, quantize_fn, (void *) t);
     }
+    quantize_fn((void *) t, 0, 1);
+    return DSV4_OK;
 }
 
 struct dense_task {
@@ -416,8 +418,11 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
     if (type_quantizes_x(w->type)) {
-        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
-        run_quantize(pool, &q);
+        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_rows, w->n_in, p,
+                            dsv4_mm_xq_row_bytes(w->n_in) };
+        if ((st = run_quantize(pool, &q)) != DSV4_OK) {
+            return st;
+        }
         t.rows.xq = p;
         t.rows.xq_stride = (int64_t) q.xq_stride;
         p += align64(q.xq_stride * (size_t) n_rows);
@@ -426,7 +431,7 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     t.tmp_stride = dsv4_mm_tmp_bytes(w->type, w->n_in, n_rows);
 
     if (pool && nth > 1 && w->n_out > k_unit_rows) {
-        dsv4_threadpool_run(pool, dense_fn, &t);
+        return dsv4_threadpool_run(pool, dense_fn, &t);
     } else {
         dense_fn(&t, 0, 1);
     }
@@ -505,8 +510,11 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
     if (type_quantizes_x(w->type)) {
-        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, p, dsv4_mm_xq_row_bytes(w->n_in) };
-        run_quantize(pool, &q);
+        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, p,
+                            dsv4_mm_xq_row_bytes(w->n_in) };
+        if ((st = run_quantize(pool, &q)) != DSV4_OK) {
+            return st;
+        }
         t.rows.xq = p;
         t.rows.xq_stride = (int64_t) q.xq_stride;
         p += align64(q.xq_stride * (size_t) n_x_rows);
@@ -515,7 +523,7 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     t.tmp_stride = dsv4_mm_tmp_bytes(w->type, w->n_in, max_rows);
 
     if (pool && nth > 1) {
-        dsv4_threadpool_run(pool, moe_fn, &t);
+        return dsv4_threadpool_run(pool, moe_fn, &t);
     } else {
         moe_fn(&t, 0, 1);
     }
