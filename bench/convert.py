@@ -187,6 +187,9 @@ def main() -> int:
     ap.add_argument("--llama-cpp", action="store_true", help="time --llama-cpp (Q8_0) instead of the dsv4 layout")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "bench" / "convert.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help="where the copy and the GGUF are written (default: beside the checkpoint); "
+                         "/dev/shm takes the disk's writeback out of both measurements")
     args = ap.parse_args()
 
     from dsv4.testing.fixture import FIXTURE_CONFIG
@@ -196,7 +199,10 @@ def main() -> int:
     cfg["n_routed_experts"] = args.experts
     work = args.dir or Path(tempfile.mkdtemp(prefix="dsv4-bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt, out = work / "ckpt", work / "out.gguf"
+    ckpt = work / "ckpt"
+    out_dir = args.out_dir or work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "dsv4-bench-out.gguf"
     try:
         t = time.perf_counter()
         total = write_checkpoint(ckpt, cfg, int(args.shard_gb * 2**30))
@@ -205,20 +211,22 @@ def main() -> int:
         copies, converts, rss = [], [], []
         for i in range(args.repeat):
             os.sync()  # flush the previous run's dirty pages outside the timed region
-            copies.append(run_copy(ckpt, work / "copy"))
+            copies.append(run_copy(ckpt, out_dir / "dsv4-bench-copy"))
             os.sync()
             dt, peak = run_convert(ckpt, out, extra)
             converts.append(dt)
             rss.append(peak)
             print(f"run {i + 1}: copy {total / copies[-1] / 1e6:.0f} MB/s, convert {total / dt / 1e6:.0f} MB/s, "
                   f"peak RSS {peak / 2**20:.0f} MiB", file=sys.stderr)
-        out_bytes = sum(p.stat().st_size for p in work.glob("*.gguf"))
+        outputs = [out, out.with_name("mtp-" + out.name)]
+        out_bytes = sum(p.stat().st_size for p in outputs if p.exists())
         copy_mbs = total / statistics.median(copies) / 1e6
         conv_mbs = total / statistics.median(converts) / 1e6
         result = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "layout": "llama.cpp (q8_0)" if args.llama_cpp else "dsv4 (fp8 kept)",
+            "output_dir": str(out_dir), "load_average": os.getloadavg(),
             "checkpoint_bytes": total, "output_bytes": out_bytes, "experts_per_layer": args.experts,
             "repeat": args.repeat, "copy_seconds": copies, "convert_seconds": converts, "peak_rss_bytes": rss,
             "copy_MBps": round(copy_mbs, 1), "convert_MBps": round(conv_mbs, 1),
@@ -234,6 +242,9 @@ def main() -> int:
         print(f"{'peak RSS':<18}{result['peak_rss_MiB']:>10.0f} MiB  (target <= 1536)")
         print(f"JSON: {args.json}")
     finally:
+        for p in (out, out.with_name("mtp-" + out.name)):
+            if not args.keep and p.exists():
+                p.unlink()
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -9,7 +9,11 @@ read twice).
 """
 from __future__ import annotations
 
+import collections
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +32,10 @@ from .writer import BufferPool, CopyRange, StreamingGGUFWriter
 
 UE8M0_NAN = 0xFF
 EXPERT_PIECE_BLOCKS = 1 << 16  # MXFP4 blocks per write (1.1 MB)
+# Repack threads: one core is left to the writer thread, whose kernel copies are as much work.
+REPACK_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+# Output buffers: the pieces being repacked, the writer's queue and the one being written.
+POOL_BUFFERS = REPACK_WORKERS + 10
 
 
 @dataclass
@@ -61,11 +69,10 @@ class Plan:
 
 
 class _Builder:
-    def __init__(self, ckpt: Checkpoint, outtype: Outtype, repacker: Fp4Repacker, pool: BufferPool):
+    def __init__(self, ckpt: Checkpoint, outtype: Outtype, pool: BufferPool):
         self.ckpt = ckpt
         self.cfg: V4Config = ckpt.config
         self.outtype = outtype
-        self.repacker = repacker
         self.pool = pool
         self.consumed: set[str] = set()
         self.notes: list[str] = []
@@ -180,32 +187,58 @@ class _Builder:
         self.ckpt.release(wname)
 
     def _write_experts(self, w: StreamingGGUFWriter, names: list[tuple[str, str]]) -> None:
-        # One expert at a time, in pieces: memory stays at a few buffers whatever the model size.
-        for k, (wname, sname) in enumerate(names):
-            if k + 1 < len(names):
-                self.ckpt.prefetch(names[k + 1][0])
-            scale = self.ckpt.raw(sname)
-            bad = np.flatnonzero(scale == UE8M0_NAN)
-            if bad.size:
-                raise ConversionError(f"{self.ckpt.dir}: scale tensor {sname!r} holds NaN (UE8M0 0xFF) at "
-                                      f"flat index {bad[0]}")
-            packed = self.ckpt.raw(wname).reshape(-1, FP4_BLOCK_BYTES)
-            n = packed.shape[0]
-            for i in range(0, n, EXPERT_PIECE_BLOCKS):
-                j = min(n, i + EXPERT_PIECE_BLOCKS)
-                buf = self.pool.take()
-                out = buf[: (j - i) * MXFP4_BLOCK_BYTES].reshape(j - i, MXFP4_BLOCK_BYTES)
-                self.repacker.repack(packed[i:j], scale[i:j], out)
+        # One expert at a time, cut in ~1 MB pieces that REPACK_WORKERS threads repack (numpy drops
+        # the GIL) while the writer thread writes earlier pieces, in order. Memory stays at a few
+        # reused buffers whatever the model size.
+        local = threading.local()
+
+        def job(src: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+            rp = getattr(local, "rp", None)
+            if rp is None:
+                rp = local.rp = Fp4Repacker()
+            rp.repack(src, scale, out)
+
+        pending: collections.deque = collections.deque()
+
+        def hand_over(limit: int) -> None:
+            while len(pending) > limit:
+                fut, out, buf, done = pending.popleft()
+                fut.result()
                 w.write(out, self.pool.give(buf))
-            self.ckpt.release(wname)
-            self.ckpt.release(sname)
+                for name in done:  # the expert's last piece: its mapped pages can go
+                    self.ckpt.release(name)
+
+        with ThreadPoolExecutor(REPACK_WORKERS, thread_name_prefix="mxfp4") as ex:
+            try:
+                for k, (wname, sname) in enumerate(names):
+                    if k + 1 < len(names):
+                        self.ckpt.prefetch(names[k + 1][0])
+                    scale = self.ckpt.raw(sname)
+                    bad = np.flatnonzero(scale == UE8M0_NAN)
+                    if bad.size:
+                        raise ConversionError(f"{self.ckpt.dir}: scale tensor {sname!r} holds NaN (UE8M0 0xFF) at "
+                                              f"flat index {bad[0]}")
+                    packed = self.ckpt.raw(wname).reshape(-1, FP4_BLOCK_BYTES)
+                    n = packed.shape[0]
+                    for i in range(0, n, EXPERT_PIECE_BLOCKS):
+                        j = min(n, i + EXPERT_PIECE_BLOCKS)
+                        buf = self.pool.take()
+                        out = buf[: (j - i) * MXFP4_BLOCK_BYTES].reshape(j - i, MXFP4_BLOCK_BYTES)
+                        done = (wname, sname) if j == n else ()
+                        pending.append((ex.submit(job, packed[i:j], scale[i:j], out), out, buf, done))
+                        hand_over(REPACK_WORKERS)
+                hand_over(0)
+            finally:
+                for fut, _, buf, _ in pending:  # an error: let running jobs end, recycle buffers
+                    fut.cancel()
+                    self.pool.give(buf)()
 
 
 def build_plan(ckpt: Checkpoint, vocab: Vocab, out: Path, *, llama_cpp: bool, outtype: Outtype, draft: bool,
                allow_unknown: bool) -> Plan:
     cfg = ckpt.config
-    pool = BufferPool(EXPERT_PIECE_BLOCKS * MXFP4_BLOCK_BYTES)
-    b = _Builder(ckpt, outtype, Fp4Repacker(), pool)
+    pool = BufferPool(EXPERT_PIECE_BLOCKS * MXFP4_BLOCK_BYTES, POOL_BUFFERS)
+    b = _Builder(ckpt, outtype, pool)
 
     stages = ckpt.stage_ids() if draft else []
     n_stages = len(stages)

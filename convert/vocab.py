@@ -50,7 +50,7 @@ CHAT_TEMPLATE = (
     "<tool_result>{{ m['content'] }}</tool_result>"
     "{%- elif m['role'] == 'assistant' -%}"
     "@ASSISTANT@"
-    "{%- if thinking and loop.index0 > ns.last_user and m.get('reasoning_content') -%}"
+    "{%- if thinking and loop.index0 > ns.last_user and m['reasoning_content'] is defined and m['reasoning_content'] -%}"
     "@THINK@{{ m['reasoning_content'] }}@END_THINK@"
     "{%- else -%}@END_THINK@{%- endif -%}"
     "{{ m['content'] }}@EOS@"

@@ -54,6 +54,7 @@ class _Sink:
         self.fd = fd
         self.progress = progress
         self.error: BaseException | None = None
+        self._method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
         self._q: queue.Queue[tuple[Piece, Callable[[], None] | None] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="gguf-writer", daemon=True)
         self._thread.start()
@@ -67,14 +68,24 @@ class _Sink:
         return total
 
     def _copy(self, c: CopyRange) -> int:
+        # In-kernel copies: copy_file_range (same filesystem), else sendfile (any two files, e.g.
+        # ext4 -> tmpfs), else a bounded pread/write loop.
         done = 0
         while done < c.length:
-            try:
-                n = os.copy_file_range(c.fd, self.fd, c.length - done, c.offset + done)
-            except OSError:  # cross-device or unsupported: fall back to a bounded read/write loop
-                n = 0
+            count, offset = min(c.length - done, 1 << 30), c.offset + done
+            n = 0
+            if self._method == "copy_file_range":
+                try:
+                    n = os.copy_file_range(c.fd, self.fd, count, offset)
+                except OSError:
+                    self._method = "sendfile"
+            if self._method == "sendfile":
+                try:
+                    n = os.sendfile(self.fd, c.fd, offset, count)
+                except OSError:
+                    self._method = "pread"
             if n == 0:
-                chunk = os.pread(c.fd, min(c.length - done, 8 << 20), c.offset + done)
+                chunk = os.pread(c.fd, min(count, 8 << 20), offset)
                 if not chunk:
                     raise ConversionError(f"unexpected end of input while copying {c.length} bytes")
                 n = self._write_all(chunk)

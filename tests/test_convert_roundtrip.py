@@ -423,3 +423,12 @@ def test_chat_template_renders_v4_chat_format(converted):
                    "<｜end▁of▁sentence｜><｜User｜>Capital of France?<｜Assistant｜></think>")
     think = env.from_string(tpl).render(messages=msgs[:2], add_generation_prompt=True, thinking=True)
     assert think.endswith("<｜User｜>Hello<｜Assistant｜><think>")
+
+
+def test_chat_template_keeps_reasoning_after_the_last_user_turn(converted):
+    jinja2 = pytest.importorskip("jinja2")
+    tpl = jinja2.Environment().from_string(fields(converted())["tokenizer.chat_template"])
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning_content": "R"}]
+    assert tpl.render(messages=msgs, enable_thinking=True).endswith(
+        "<｜User｜>Q<｜Assistant｜><think>R</think>A<｜end▁of▁sentence｜>")
+    assert tpl.render(messages=msgs).endswith("<｜User｜>Q<｜Assistant｜></think>A<｜end▁of▁sentence｜>")
