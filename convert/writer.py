@@ -55,7 +55,7 @@ class _Sink:
         self.progress = progress
         self.error: BaseException | None = None
         self._method = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
-        self._q: queue.Queue[tuple[Piece, Callable[[], None] | None] | None] = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[tuple[Piece, Callable[[], None] | None, bool] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="gguf-writer", daemon=True)
         self._thread.start()
 
@@ -97,23 +97,23 @@ class _Sink:
             item = self._q.get()
             if item is None:
                 return
-            piece, release = item
+            piece, release, counted = item
             if self.error is None:
                 try:
                     n = self._copy(piece) if isinstance(piece, CopyRange) else self._write_all(piece)
-                    if self.progress is not None:
+                    if self.progress is not None and counted:
                         self.progress(n)
                 except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
                     self.error = exc
             if release is not None:
                 release()
 
-    def put(self, piece: Piece, release: Callable[[], None] | None = None) -> None:
+    def put(self, piece: Piece, release: Callable[[], None] | None = None, counted: bool = True) -> None:
         while True:
             if self.error is not None:
                 raise self.error
             try:
-                self._q.put((piece, release), timeout=0.1)
+                self._q.put((piece, release, counted), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -185,7 +185,7 @@ class StreamingGGUFWriter:
             raise ConversionError(f"internal: tensor {name} written out of order")
         pad = -self._pos % ALIGNMENT
         if pad:
-            self._sink.put(bytes(pad))
+            self._sink.put(bytes(pad), counted=False)  # progress counts tensor bytes only
             self._pos += pad
         self._left = self._tensors[self._next].nbytes
         self._next += 1

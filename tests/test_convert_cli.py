@@ -86,3 +86,13 @@ def test_fast_fp4_repack_whole_tensor_form():
     packed = rng.integers(-128, 128, (64, 96), dtype=np.int8)
     scale = rng.integers(100, 140, (64, 6), dtype=np.uint8)
     assert np.array_equal(Fp4Repacker(piece=7)(packed, scale), fp4_to_mxfp4(packed, scale))
+
+
+def test_progress_bar_counts_bytes(convert_checkpoint, tmp_path, capsys):
+    from dsv4.convert.main import convert
+
+    res = convert(convert_checkpoint, tmp_path / "p.gguf", progress=True)
+    err = capsys.readouterr().err
+    assert "convert" in err and "100%" in err
+    assert res.bytes_written == sum(
+        t.n_bytes for t in __import__("gguf").GGUFReader(str(res.outputs[0])).tensors)
