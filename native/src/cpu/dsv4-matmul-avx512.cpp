@@ -74,8 +74,21 @@ inline __m512 load16(const uint8_t * row, int64_t k) {
     }
 }
 
+// Software prefetch into L2, a fixed distance ahead in each weight-row stream, clamped to this
+// call's last weight byte so no bandwidth goes to rows another thread (or nobody) reads. The
+// hardware prefetchers alone leave these interleaved streams short of data: measured on Zen 4,
+// 64 MB matrices, 1 thread: MXFP4 decode 6-7 -> 11-13 GB/s, Q8_0 9-11 -> 15-17, FP8 10 -> 13.
+constexpr uintptr_t k_pf_float = 32768;
+constexpr uintptr_t k_pf_int = 16384;
+
+inline void prefetch_ahead(const uint8_t * p, uintptr_t dist, const uint8_t * lim) {
+    const uintptr_t a = (uintptr_t) p + dist;
+    _mm_prefetch((const char *) (a < (uintptr_t) lim ? a : (uintptr_t) lim), _MM_HINT_T1);
+}
+
 template <int T, int OR, int RT>
-inline void tile_float(const uint8_t * const * w, const float * const * x, int64_t n, float * out) {
+inline void tile_float(const uint8_t * const * w, const float * const * x, int64_t n, float * out,
+                       const uint8_t * pf_lim) {
     __m512 acc[OR][RT];
 #pragma GCC unroll 8
     for (int i = 0; i < OR; i++) {
@@ -85,7 +98,14 @@ inline void tile_float(const uint8_t * const * w, const float * const * x, int64
         }
     }
     int64_t k = 0;
+    constexpr int bpe = T == T_F32 ? 4 : T == T_FP8 ? 1 : 2;  // bytes per weight
     for (; k + 16 <= n; k += 16) {
+        if (((k * bpe) & 63) == 0) {
+#pragma GCC unroll 8
+            for (int i = 0; i < OR; i++) {
+                prefetch_ahead(w[i] + k * bpe, k_pf_float, pf_lim);
+            }
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
             const __m512 wv = load16<T>(w[i], k);
@@ -116,21 +136,23 @@ inline void tile_float(const uint8_t * const * w, const float * const * x, int64
 }
 
 template <int T, int OR, int RT>
-inline void dispatch_float(int rt, const uint8_t * const * w, const float * const * x, int64_t n, float * out) {
+inline void dispatch_float(int rt, const uint8_t * const * w, const float * const * x, int64_t n, float * out,
+                    const uint8_t * pf_lim) {
     if constexpr (RT == 1) {
-        tile_float<T, OR, 1>(w, x, n, out);
+        tile_float<T, OR, 1>(w, x, n, out, pf_lim);
     } else {
         if (rt == RT) {
-            tile_float<T, OR, RT>(w, x, n, out);
+            tile_float<T, OR, RT>(w, x, n, out, pf_lim);
         } else {
-            dispatch_float<T, OR, RT - 1>(rt, w, x, n, out);
+            dispatch_float<T, OR, RT - 1>(rt, w, x, n, out, pf_lim);
         }
     }
 }
 
 // Output rows [o, o + OR) against all activation rows (pointers xs[0..n)), RTMAX rows at a time.
 template <int T, int OR, int RTMAX>
-inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const float * const * xs) {
+inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const float * const * xs,
+                       const uint8_t * pf_lim) {
     const uint8_t * wp[OR];
     for (int i = 0; i < OR; i++) {
         wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
@@ -139,7 +161,7 @@ inline void rows_float(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows
     for (int64_t r0 = 0; r0 < rows->n; r0 += RTMAX) {
         const int64_t left = rows->n - r0;
         const int rt = left < RTMAX ? (int) left : RTMAX;
-        dispatch_float<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out);
+        dispatch_float<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out, pf_lim);
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
             for (int i = 0; i < OR; i++) {
@@ -172,6 +194,7 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
             xs[i] = dsv4_mm_x_row(rows, i);
         }
     }
+    const uint8_t * pf_lim = w->data + (size_t) o1 * w->row_bytes - 1;  // prefetch no further
     for (int64_t s0 = o0; s0 < o1;) {
         int64_t s1 = o1;
         if constexpr (T == T_FP8) {
@@ -185,15 +208,15 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
         int64_t o = s0;
         if (R == 1) {  // decode: 4 weight rows for 4 independent accumulator chains
             for (; o + 4 <= s1; o += 4) {
-                rows_float<T, 4, 1>(w, o, rows, xs);
+                rows_float<T, 4, 1>(w, o, rows, xs, pf_lim);
             }
         } else {
             for (; o + k_float_or <= s1; o += k_float_or) {
-                rows_float<T, k_float_or, k_float_rt>(w, o, rows, xs);
+                rows_float<T, k_float_or, k_float_rt>(w, o, rows, xs, pf_lim);
             }
         }
         for (; o < s1; o++) {
-            rows_float<T, 1, k_float_rt>(w, o, rows, xs);
+            rows_float<T, 1, k_float_rt>(w, o, rows, xs, pf_lim);
         }
         s0 = s1;
     }
@@ -258,7 +281,8 @@ inline __m512i load_block1(const uint8_t * row, int64_t b, __m512 * d) {
 }
 
 template <int T, int OR, int RT>
-inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int64_t n, float * out) {
+inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int64_t n, float * out,
+                     const uint8_t * pf_lim) {
     const int64_t nb = n / 32;
     const float * xd[RT];
     const int32_t * xc[RT];
@@ -275,7 +299,15 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
         }
     }
     int64_t b = 0;
+    constexpr int64_t bb = T == T_Q8_0 ? DSV4_Q8_0_BLOCK_BYTES : DSV4_MXFP4_BLOCK_BYTES;
     for (; b + 2 <= nb; b += 2) {
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            prefetch_ahead(w[i] + b * bb, k_pf_int, pf_lim);
+            if constexpr (T == T_Q8_0) {
+                prefetch_ahead(w[i] + b * bb + 64, k_pf_int, pf_lim);  // 68 bytes per step
+            }
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
             __m512 dw;
@@ -314,21 +346,23 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
 }
 
 template <int T, int OR, int RT>
-inline void dispatch_int(int rt, const uint8_t * const * w, const uint8_t * const * x, int64_t n, float * out) {
+inline void dispatch_int(int rt, const uint8_t * const * w, const uint8_t * const * x, int64_t n, float * out,
+                    const uint8_t * pf_lim) {
     if constexpr (RT == 1) {
-        tile_int<T, OR, 1>(w, x, n, out);
+        tile_int<T, OR, 1>(w, x, n, out, pf_lim);
     } else {
         if (rt == RT) {
-            tile_int<T, OR, RT>(w, x, n, out);
+            tile_int<T, OR, RT>(w, x, n, out, pf_lim);
         } else {
-            dispatch_int<T, OR, RT - 1>(rt, w, x, n, out);
+            dispatch_int<T, OR, RT - 1>(rt, w, x, n, out, pf_lim);
         }
     }
 }
 
 // Output rows [o, o + OR) against all activation rows (pointers xs[0..n)), RTMAX rows at a time.
 template <int T, int OR, int RTMAX>
-inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const uint8_t * const * xs) {
+inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, const uint8_t * const * xs,
+                       const uint8_t * pf_lim) {
     const uint8_t * wp[OR];
     for (int i = 0; i < OR; i++) {
         wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
@@ -337,7 +371,7 @@ inline void rows_int(const dsv4_mm_w * w, int64_t o, const dsv4_mm_rows * rows, 
     for (int64_t r0 = 0; r0 < rows->n; r0 += RTMAX) {
         const int64_t left = rows->n - r0;
         const int rt = left < RTMAX ? (int) left : RTMAX;
-        dispatch_int<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out);
+        dispatch_int<T, OR, RTMAX>(rt, wp, xs + r0, w->n_in, out, pf_lim);
         for (int r = 0; r < rt; r++) {
             float * y = dsv4_mm_y_row(rows, r0 + r);
             for (int i = 0; i < OR; i++) {
@@ -353,18 +387,19 @@ void mm_int(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * ro
     for (int64_t i = 0; i < rows->n; i++) {
         xs[i] = dsv4_mm_xq_row(rows, i);
     }
+    const uint8_t * pf_lim = w->data + (size_t) o1 * w->row_bytes - 1;  // prefetch no further
     int64_t o = o0;
     if (rows->n == 1) {  // decode: 4 weight rows for 4 independent accumulator chains
         for (; o + 4 <= o1; o += 4) {
-            rows_int<T, 4, 1>(w, o, rows, xs);
+            rows_int<T, 4, 1>(w, o, rows, xs, pf_lim);
         }
     } else {
         for (; o + k_int_or <= o1; o += k_int_or) {
-            rows_int<T, k_int_or, k_int_rt>(w, o, rows, xs);
+            rows_int<T, k_int_or, k_int_rt>(w, o, rows, xs, pf_lim);
         }
     }
     for (; o < o1; o++) {
-        rows_int<T, 1, k_int_rt>(w, o, rows, xs);
+        rows_int<T, 1, k_int_rt>(w, o, rows, xs, pf_lim);
     }
 }
 
