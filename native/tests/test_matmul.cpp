@@ -400,6 +400,20 @@ void test_activation_quantization_is_bit_identical_across_isas() {
     }
 }
 
+void test_row_bytes_match_the_type_table() {
+    for (dsv4_type t : { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4,
+                         DSV4_TYPE_FP8_E4M3 }) {
+        for (int64_t n : { 32, 64, 96, 4096, 7168 }) {
+            size_t want = 0;
+            CHECK(dsv4_type_row_size(t, n, &want) == DSV4_OK, "row size");
+            CHECK(dsv4_weight_row_bytes(t, n) == want, "%s: row bytes %zu vs the type table's %zu", tname(t),
+                  dsv4_weight_row_bytes(t, n), want);
+        }
+    }
+    CHECK(dsv4_weight_row_bytes(DSV4_TYPE_Q8_0, 33) == 0 && dsv4_weight_row_bytes(DSV4_TYPE_I8, 64) == 0,
+          "no row size for a partial block or a type without matmul");
+}
+
 void test_e8m0_table_matches_bit_decoder() {
     bool same = true;
     for (int e = 0; e < 256; e++) {
@@ -662,6 +676,7 @@ int main() {
                 dsv4_cpu_isa_supported(DSV4_ISA_AVX512) ? "yes" : "no");
     test_activation_quantization_is_bit_identical_across_isas();
     test_e8m0_table_matches_bit_decoder();
+    test_row_bytes_match_the_type_table();
     test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads();
     test_moe_matches_per_pair_dense_products();
     test_caller_scratch_is_used_and_checked();
