@@ -10,6 +10,7 @@ bandwidth, verify6 / decode1 cost) and prints a table.
     python bench/kernels.py                 # full run (256 MB matrices), JSON to build/bench/
     python bench/kernels.py --quick         # 64 MB matrices, fewer repetitions
     python bench/kernels.py --isa-compare   # also scalar / AVX2 / AVX-512 side by side (1 thread)
+    python bench/kernels.py --runs 3        # medians over 3 runs (a shared machine is noisy)
 """
 from __future__ import annotations
 
@@ -69,6 +70,28 @@ def machine() -> dict:
     return info
 
 
+def combine(runs: list[dict]) -> dict:
+    """Median over runs of every timing (and of the bandwidths); rates recomputed from the median."""
+    def med(values):
+        v = sorted(values)
+        n = len(v)
+        return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+    res = runs[0]
+    res["runs"] = len(runs)
+    for key in ("read_gbps_before", "read_gbps_after"):
+        res[key] = {t: med([r[key][t] for r in runs]) for t in res[key]}
+    for section, rate in (("matmul", "weight_bytes"), ("moe", "bytes")):
+        for i, case in enumerate(res.get(section, [])):
+            secs = [r[section][i]["seconds"] for r in runs]
+            case["seconds"] = med(secs)
+            case["seconds_all_runs"] = secs
+            case["gbps"] = case[rate] / case["seconds"] / 1e9
+            if section == "matmul":
+                case["gflops"] = 2.0 * case["n_out"] * case["n_in"] * case["rows"] / case["seconds"] / 1e9
+    return res
+
+
 def derive(res: dict) -> None:
     """Adds fraction-of-bandwidth and verify/decode ratios in place."""
     bw = {}
@@ -117,6 +140,8 @@ def main() -> None:
     ap.add_argument("--rows", default="1,6")
     ap.add_argument("--types", default="f32,f16,bf16,fp8,q8_0,mxfp4")
     ap.add_argument("--large-mb", type=float, default=None)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="run the program this many times; each case keeps its median time over runs")
     args = ap.parse_args()
 
     exe = build(ROOT / "build" / "bench")
@@ -128,8 +153,8 @@ def main() -> None:
     if args.large_mb:
         cmd += ["--large-mb", str(args.large_mb)]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, check=True)
-    res = json.loads(proc.stdout)
+    runs = [json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, check=True).stdout) for _ in range(args.runs)]
+    res = combine(runs)
     res["machine"] = machine()
     res["started"] = started
     res["command"] = cmd[1:]
