@@ -34,11 +34,8 @@ namespace {
 enum { T_F32, T_F16, T_BF16, T_FP8 };
 
 // Register tiles: weight rows x activation rows per tile (accumulators = product).
-#ifndef DSV4_MM_AVX512_TILES
-#define DSV4_MM_AVX512_TILES 4, 6, 4, 6
-#endif
-constexpr int k_tiles[4] = { DSV4_MM_AVX512_TILES };
-constexpr int k_float_or = k_tiles[0], k_float_rt = k_tiles[1], k_int_or = k_tiles[2], k_int_rt = k_tiles[3];
+constexpr int k_float_or = 4, k_float_rt = 6;  // 24 accumulators of 32 registers
+constexpr int k_int_or = 4, k_int_rt = 6;
 
 // 16 weights from column k (FP8: times 2^-8); m selects the columns that exist.
 template <int T>
