@@ -20,13 +20,6 @@ from . import arch
 _TOKENIZER_ARRAYS = {arch.KEY_TOK_TOKENS, arch.KEY_TOK_TYPES, arch.KEY_TOK_MERGES}
 
 
-def _value(field: Any) -> Any:
-    v = field.contents()
-    if isinstance(v, list) and len(v) > 16:
-        return v
-    return v
-
-
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A summary of one GGUF file as a dict (what `dsv4 inspect --json` prints)."""
     import gguf
@@ -42,7 +35,8 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name, f in r.fields.items():
         if name.startswith("GGUF."):
             continue
-        kv[name] = _value(f) if name not in _TOKENIZER_ARRAYS and name != arch.KEY_TOK_HF_JSON else None
+        # The big tokenizer arrays are only counted (below), not decoded.
+        kv[name] = f.contents() if name not in _TOKENIZER_ARRAYS and name != arch.KEY_TOK_HF_JSON else None
     archname = kv.get(arch.KEY_ARCHITECTURE, "?")
     types: dict[str, dict[str, int]] = {}
     params = scale_params = 0

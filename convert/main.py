@@ -65,7 +65,10 @@ def convert(checkpoint_dir: str | os.PathLike[str], out: str | os.PathLike[str],
     t0 = time.perf_counter()
     out = Path(out)
     emit = log or (lambda msg: None)
-    ot = Outtype(outtype) if outtype is not None else (Outtype.Q8_0 if llama_cpp else Outtype.FP8)
+    try:
+        ot = Outtype(outtype) if outtype is not None else (Outtype.Q8_0 if llama_cpp else Outtype.FP8)
+    except ValueError:
+        raise ConversionError(f"unknown outtype {outtype!r} (use {', '.join(o.value for o in Outtype)})") from None
     if llama_cpp and ot is Outtype.FP8:
         raise ConversionError("--outtype fp8 cannot be used with --llama-cpp: llama.cpp has no FP8 type "
                               "(use q8_0 or bf16)")

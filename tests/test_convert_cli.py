@@ -96,3 +96,29 @@ def test_progress_bar_counts_bytes(convert_checkpoint, tmp_path, capsys):
     assert "convert" in err and "100%" in err
     assert res.bytes_written == sum(
         t.n_bytes for t in __import__("gguf").GGUFReader(str(res.outputs[0])).tensors)
+
+
+def _llama_bin(name: str) -> Path | None:
+    import os
+
+    d = os.environ.get("DSV4_LLAMA_CPP_BIN")  # a llama.cpp build's bin/ (we never build one in tests)
+    p = Path(d) / name if d else None
+    return p if p is not None and p.exists() else None
+
+
+@pytest.mark.slow
+def test_stock_llama_cpp_loads_target_and_runs_dspark_draft(converted):
+    import subprocess
+
+    exe = _llama_bin("llama-speculative-simple")
+    if exe is None:
+        pytest.skip("set DSV4_LLAMA_CPP_BIN to a llama.cpp build's bin/ to run this")
+    target = converted(llama_cpp=True)
+    side = target.with_name("mtp-" + target.name)
+    proc = subprocess.run([str(exe), "-m", str(target), "-md", str(side), "--spec-type", "draft-dspark",
+                           "-p", "def class return", "-n", "8", "-c", "256"],
+                          capture_output=True, timeout=600)
+    log = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    assert "block_size=5, mask_token_id=7, n_extract=3, sample_from_anchor=true" in log
+    assert "n_drafted" in log
