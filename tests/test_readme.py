@@ -46,3 +46,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "architecture:    dsv4" in proc.stdout
         assert "DSpark" in proc.stdout
+        assert "greedy decode 32 tokens" in proc.stdout
