@@ -8,6 +8,7 @@
 //   kernels [--threads 1,2] [--rows 1,6] [--small-mb 1] [--large-mb 256] [--types f32,f16,...]
 //           [--isa auto|scalar|avx2|avx512] [--isa-compare] [--reps-large 7] [--quick]
 #include "cpu/dsv4-matmul.h"
+#include "cpu/dsv4-membench.h"
 #include "cpu/dsv4-threadpool.h"
 #include "dsv4-types.h"
 
@@ -125,60 +126,15 @@ void fill_weights(dsv4_type type, uint8_t * data, int64_t n_rows, size_t row_byt
     }
 }
 
-// ---- memory-read bandwidth ----
+// ---- memory-read bandwidth (the library's loop, cpu/dsv4-membench.h) ----
 
-struct read_task {
-    const uint64_t * p;
-    size_t n;  // words
-    bool prefetch;
-    uint64_t sums[64 * 8];
-};
-
-// Sums the words of this thread's half (or third...). With prefetch, also asks for the line
-// 16 KB ahead, as the kernels do: the hardware prefetchers alone do not reach the peak here.
-void read_fn(void * ctx, int ith, int nth) {
-    read_task * t = (read_task *) ctx;
-    const size_t i0 = t->n * ith / nth & ~(size_t) 7, i1 = ith == nth - 1 ? t->n : (t->n * (ith + 1) / nth & ~(size_t) 7);
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-    for (size_t i = i0; i + 8 <= i1; i += 8) {
-        if (t->prefetch) {
-            __builtin_prefetch(t->p + i + 2048, 0, 2);
-        }
-        s0 += t->p[i];
-        s1 += t->p[i + 1];
-        s2 += t->p[i + 2];
-        s3 += t->p[i + 3];
-        s4 += t->p[i + 4];
-        s5 += t->p[i + 5];
-        s6 += t->p[i + 6];
-        s7 += t->p[i + 7];
-    }
-    t->sums[ith * 8] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
-}
-
-// GB/s of a plain read of `bytes` with nth threads (median of reps passes).
 double read_bandwidth(dsv4_threadpool * pool, const buffer & buf, int reps, bool prefetch) {
-    read_task t;
-    t.p = (const uint64_t *) buf.p;
-    t.n = buf.n / 8;
-    t.prefetch = prefetch;
-    std::vector<double> times;
-    for (int r = 0; r <= reps; r++) {
-        const double t0 = now_s();
-        dsv4_threadpool_run(pool, read_fn, &t);
-        const double dt = now_s() - t0;
-        if (r > 0) {
-            times.push_back(dt);
-        }
+    double gbps = 0;
+    if (dsv4_membench_read(pool, buf.p, buf.n, reps, prefetch ? DSV4_READ_PREFETCH : DSV4_READ_PLAIN, &gbps) != DSV4_OK) {
+        std::fprintf(stderr, "read bandwidth failed: %s\n", dsv4_last_error());
+        std::exit(1);
     }
-    uint64_t s = 0;
-    for (int i = 0; i < dsv4_threadpool_n_threads(pool); i++) {
-        s += t.sums[i * 8];
-    }
-    if (s == 42) {
-        std::fprintf(stderr, " ");  // keep the sum alive
-    }
-    return (double) buf.n / median(times) / 1e9;
+    return gbps;
 }
 
 // ---- matmul ----

@@ -20,6 +20,7 @@ namespace py = pybind11;
 
 void dsv4_bind_gguf(py::module_ & m);
 void dsv4_bind_model(py::module_ & m);
+void dsv4_bind_bench(py::module_ & m);
 
 namespace {
 
@@ -474,4 +475,5 @@ PYBIND11_MODULE(_native, m) {
 
     dsv4_bind_gguf(m);
     dsv4_bind_model(m);
+    dsv4_bind_bench(m);
 }

@@ -69,3 +69,7 @@ def from_float(type: str | int, x: _F32) -> npt.NDArray[np.uint8]:
 # GGUF reader (bind_gguf.cpp).
 def gguf_read(path: str) -> dict[str, Any]:
     """{version, alignment, file_size, data_offset, metadata, tensors} as the engine's reader sees them."""
+
+# Benchmark helpers (bind_bench.cpp).
+def read_bandwidth(n_threads: int, bytes: int = 256 << 20, reps: int = 5, prefetch: bool = False) -> float:
+    """GB/s of the native read loop over a fresh `bytes` buffer on n_threads threads (median of reps passes)."""
