@@ -112,13 +112,19 @@ class _Bytes:
         return np.tile(self.pool, reps)[:nbytes]
 
 
-def write_checkpoint(out: Path, cfg: dict, shard_bytes: int, seed: int = 0) -> int:
-    """Stream the checkpoint to `out`: shards of about `shard_bytes`, index, config, tokenizer."""
+def write_checkpoint(out: Path, cfg: dict, shard_bytes: int, seed: int = 0, gen=None) -> int:
+    """Stream the checkpoint to `out`: shards of about `shard_bytes`, index, config, tokenizer.
+
+    `gen` makes the payloads: any object with `payload(name, dtype, nbytes)` returning that many
+    bytes (default: `_Bytes`, random bytes, fine for conversion; bench/decode.py passes one whose
+    values are finite and scaled for inference).
+    """
     from dsv4.testing.fixture import write_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     tensors = tensor_list(cfg)
-    gen = _Bytes(seed, cfg["n_routed_experts"])
+    if gen is None:
+        gen = _Bytes(seed, cfg["n_routed_experts"])
     groups: list[list[tuple[str, str, tuple[int, ...]]]] = [[]]
     size = 0
     for t in tensors:

@@ -13,6 +13,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dsv4.convert.main", "convert a DeepSeek-V4 HF checkpoint to GGUF"),
     "inspect": ("dsv4.convert.inspect", "describe a GGUF file (architecture, tensors, draft)"),
     "demo": ("dsv4._demo", "convert the embedded model and run it"),
+    "bench": ("dsv4._bench", "decode / verify / prefill speed of a GGUF against the memory-bandwidth limit"),
 }
 
 
