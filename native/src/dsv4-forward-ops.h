@@ -36,34 +36,11 @@ void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn 
     }
 }
 
-// Dot product with 8 independent partial sums (a fixed order, so results do not depend on how
-// rows are batched, and the compiler can keep the lanes in SIMD registers).
-static inline float dsv4_dot(const float * a, const float * b, int64_t n) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        s0 += a[i + 0] * b[i + 0];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-        s4 += a[i + 4] * b[i + 4];
-        s5 += a[i + 5] * b[i + 5];
-        s6 += a[i + 6] * b[i + 6];
-        s7 += a[i + 7] * b[i + 7];
-    }
-    float s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
-    for (; i < n; i++) {
-        s += a[i] * b[i];
-    }
-    return s;
-}
-
-// y += a * x
-static inline void dsv4_axpy(float * y, float a, const float * x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        y[i] += a * x[i];
-    }
-}
+// Dot product and y += a * x (dsv4-forward-ops.cpp): 32 independent partial sums in a fixed
+// order, so a result never depends on how rows are batched; compiled once per x86 ISA level
+// (default / AVX2 / AVX-512) and picked at load time.
+float dsv4_dot(const float * a, const float * b, int64_t n);
+void  dsv4_axpy(float * y, float a, const float * x, int64_t n);
 
 // 1 / sqrt(mean(x^2) + eps), the mean accumulated in double.
 static inline float dsv4_rms_inv(const float * x, int64_t n, float eps) {
