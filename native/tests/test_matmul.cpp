@@ -14,6 +14,10 @@
 //     only the f32 accumulation of the scaled block sums differs). The quantization itself is
 //     checked to be bit-identical across ISAs, and its error against the unquantized product is
 //     checked against its bound sum_b sum_k |w_k| * d_b / 2.
+//   Q8_0/MXFP4 with float activations (params.float_activations): weights decoded exactly to f32,
+//     FMA with the f32 activations, so every ISA is held to 1e-5 * mag against the exact double
+//     product with the unquantized activations (mag likewise unquantized), for dsv4_matmul and
+//     dsv4_matmul_moe, with the same shapes, R values and thread counts.
 #include "cpu/dsv4-matmul.h"
 #include "cpu/dsv4-matmul-impl.h"
 #include "dsv4-types.h"
@@ -202,6 +206,7 @@ struct ref_out {
     std::vector<double> y;    // exact product with x (int family: with the quantized x)
     std::vector<double> mag;  // sum |w * x| (same x)
     std::vector<double> y_unq;  // int family: exact product with the unquantized x
+    std::vector<double> mag_unq;  // sum |w * x| with the unquantized x
     std::vector<double> bound;  // int family: quantization error bound
 };
 
@@ -212,6 +217,7 @@ ref_out reference(const test_weight & t, int64_t e, const float * x, int64_t x_s
     out.y.resize((size_t) (rows * t.n_out));
     out.mag.resize(out.y.size());
     out.y_unq.resize(out.y.size());
+    out.mag_unq.resize(out.y.size());
     out.bound.resize(out.y.size());
     std::vector<float> xhat((size_t) n), half((size_t) n);
     for (int64_t r = 0; r < rows; r++) {
@@ -223,17 +229,19 @@ ref_out reference(const test_weight & t, int64_t e, const float * x, int64_t x_s
         }
         for (int64_t o = 0; o < t.n_out; o++) {
             const float * w = t.dense.data() + (size_t) ((e * t.n_out + o) * n);
-            double s = 0, m = 0, su = 0, bd = 0;
+            double s = 0, m = 0, su = 0, mu = 0, bd = 0;
             for (int64_t k = 0; k < n; k++) {
                 s += (double) w[k] * xhat[k];
                 m += std::fabs((double) w[k] * xhat[k]);
                 su += (double) w[k] * xr[k];
+                mu += std::fabs((double) w[k] * xr[k]);
                 bd += std::fabs((double) w[k]) * half[k];
             }
             const size_t i = (size_t) (r * t.n_out + o);
             out.y[i] = s;
             out.mag[i] = m;
             out.y_unq[i] = su;
+            out.mag_unq[i] = mu;
             out.bound[i] = bd;
         }
     }
@@ -260,6 +268,7 @@ struct worst_table {
 };
 worst_table g_worst_vs_scalar;
 worst_table g_worst_scalar_vs_exact;
+worst_table g_worst_fx_vs_exact;  // float activations, every ISA against the exact product
 
 struct pools {
     dsv4_threadpool * p[4] = {};
@@ -278,11 +287,13 @@ struct pools {
 
 // Runs dsv4_matmul; output rows padded with a sentinel that must survive.
 std::vector<float> run_matmul(const test_weight & t, dsv4_isa isa, dsv4_threadpool * pool, const std::vector<float> & x,
-                              int64_t x_stride, int64_t rows, int64_t y_stride, const char * what) {
+                              int64_t x_stride, int64_t rows, int64_t y_stride, const char * what,
+                              bool float_activations = false) {
     std::vector<float> y((size_t) (rows * y_stride), -12345.0f);
     dsv4_matmul_params p = dsv4_matmul_default_params();
     p.isa = isa;
     p.pool = pool;
+    p.float_activations = float_activations;
     const dsv4_status st = dsv4_matmul(&p, &t.w, x.data(), x_stride, y.data(), y_stride, rows);
     CHECK(st == DSV4_OK, "%s: dsv4_matmul failed: %s", what, dsv4_last_error());
     for (int64_t r = 0; r < rows; r++) {
@@ -364,6 +375,61 @@ void test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads()
     }
 }
 
+void test_float_activations_match_exact_product_on_every_isa_shape_rows_and_threads() {
+    const int64_t shapes[][2] = { { 5, 32 }, { 37, 96 }, { 130, 288 }, { 300, 64 }, { 19, 1024 } };
+    const int64_t row_counts[] = { 1, 2, 5, 6, 7, 33 };
+    pools pl;
+    rng g(4242);
+    std::vector<dsv4_isa> isas = simd_isas();
+    isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+    for (dsv4_type type : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4 }) {
+        double worst_quantized = 0;  // the default path on the same data, to show the flag matters
+        for (int s = 0; s < 5; s++) {
+            const int64_t n_out = shapes[s][0], n_in = shapes[s][1];
+            test_weight t;
+            make_weight(t, type, 1, n_out, n_in, s == 1 ? 7 : 0, g);
+            for (int64_t R : row_counts) {
+                const int64_t x_stride = n_in + 3, y_stride = n_out + 5;
+                const std::vector<float> x = make_x(R, n_in, x_stride, g);
+                const ref_out ref = reference(t, 0, x.data(), x_stride, R);
+                char what[160];
+                std::snprintf(what, sizeof(what), "%s float activations [%lld x %lld] R=%lld", tname(type),
+                              (long long) n_out, (long long) n_in, (long long) R);
+                const std::vector<float> yq = run_matmul(t, DSV4_ISA_SCALAR, nullptr, x, x_stride, R, y_stride, what);
+                for (int64_t r = 0; r < R; r++) {
+                    for (int64_t o = 0; o < n_out; o++) {
+                        const size_t i = (size_t) (r * n_out + o);
+                        const double e = std::fabs(yq[(size_t) (r * y_stride + o)] - ref.y_unq[i]) / ref.mag_unq[i];
+                        worst_quantized = e > worst_quantized ? e : worst_quantized;
+                    }
+                }
+                for (dsv4_isa isa : isas) {
+                    for (int nth = 1; nth <= 3; nth++) {
+                        const std::vector<float> y = run_matmul(t, isa, pl.get(nth), x, x_stride, R, y_stride, what, true);
+                        for (int64_t r = 0; r < R; r++) {
+                            for (int64_t o = 0; o < n_out; o++) {
+                                const size_t i = (size_t) (r * n_out + o);
+                                const double a = y[(size_t) (r * y_stride + o)];
+                                const double err = std::fabs(a - ref.y_unq[i]);
+                                g_worst_fx_vs_exact.add(type, isa, ref.mag_unq[i] > 0 ? err / ref.mag_unq[i] : err);
+                                CHECK(err <= k_tol * ref.mag_unq[i] + 1e-30,
+                                      "%s %s (%d threads) vs exact: r %lld o %lld: %.9g vs %.9g (mag %g)", what,
+                                      dsv4_isa_name(isa), nth, (long long) r, (long long) o, a, ref.y_unq[i],
+                                      ref.mag_unq[i]);
+                            }
+                        }
+                        if (g_failures > 20) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        CHECK(worst_quantized > 100 * k_tol, "%s: the quantized default path should be visibly less exact (worst %g)",
+              tname(type), worst_quantized);
+    }
+}
+
 void test_activation_quantization_is_bit_identical_across_isas() {
     rng g(7);
     const int64_t n = 256;
@@ -424,12 +490,18 @@ void test_e8m0_table_matches_bit_decoder() {
     CHECK(same, "the e8m0 table, the kernel bit decoder and dsv4-types agree on all 256 scales");
 }
 
-void test_moe_matches_per_pair_dense_products() {
+// Default mode: against the scalar dense path per pair. float_activations (Q8_0 / MXFP4 only):
+// against the exact double product per pair. Both with the caller scratch sized by
+// dsv4_matmul_moe_scratch_size for the gate/up-style call.
+void test_moe_matches_per_pair_products(bool float_activations) {
     const dsv4_type types[] = { DSV4_TYPE_MXFP4, DSV4_TYPE_Q8_0, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_BF16 };
     pools pl;
-    rng g(99);
+    rng g(float_activations ? 199 : 99);
     const int32_t n_expert = 6, k = 3;
     for (dsv4_type type : types) {
+        if (float_activations && !is_int_family(type)) {
+            continue;
+        }
         for (int64_t n_tok : { 1, 6, 7 }) {
             const int64_t n_out = 70, n_in = type == DSV4_TYPE_FP8_E4M3 || type == DSV4_TYPE_BF16 ? 200 : 160;
             test_weight t;
@@ -475,6 +547,7 @@ void test_moe_matches_per_pair_dense_products() {
             // reference: pair p = (tok, s) -> W[ids[p]] x[tok], through the dense scalar path
             const int64_t n_pairs = n_tok * k;
             std::vector<float> yref((size_t) (n_pairs * y_stride), 0.0f);
+            std::vector<double> yexact((size_t) (n_pairs * n_out));
             std::vector<double> mag((size_t) (n_pairs * n_out));
             for (int64_t p = 0; p < n_pairs; p++) {
                 const int32_t e = ids[(size_t) p];
@@ -488,7 +561,8 @@ void test_moe_matches_per_pair_dense_products() {
                                   y_stride, 1) == DSV4_OK, "reference matmul");
                 const ref_out r = reference(t, e, x.data() + (p / k) * x_stride, x_stride, 1);
                 for (int64_t o = 0; o < n_out; o++) {
-                    mag[(size_t) (p * n_out + o)] = r.mag[(size_t) o];
+                    mag[(size_t) (p * n_out + o)] = float_activations ? r.mag_unq[(size_t) o] : r.mag[(size_t) o];
+                    yexact[(size_t) (p * n_out + o)] = r.y_unq[(size_t) o];
                 }
             }
             std::vector<dsv4_isa> isas = simd_isas();
@@ -498,11 +572,23 @@ void test_moe_matches_per_pair_dense_products() {
                     dsv4_matmul_params p = dsv4_matmul_default_params();
                     p.isa = isa;
                     p.pool = pl.get(nth);
-                    // gate/up style: x rows are tokens, outputs per pair
+                    p.float_activations = float_activations;
+                    // gate/up style: x rows are tokens, outputs per pair; caller scratch of the
+                    // documented size
+                    int32_t max_rows_e = 0;
+                    for (int32_t i = 0; i < routes.n_sel; i++) {
+                        const int32_t n_rows_e = routes.offset[i + 1] - routes.offset[i];
+                        max_rows_e = n_rows_e > max_rows_e ? n_rows_e : max_rows_e;
+                    }
+                    std::vector<uint8_t> scratch(dsv4_matmul_moe_scratch_size(&t.w, n_tok, max_rows_e, nth));
+                    p.scratch = scratch.data();
+                    p.scratch_size = scratch.size();
                     std::vector<float> y((size_t) (n_pairs * y_stride), 0.0f);
                     dsv4_status st = dsv4_matmul_moe(&p, &t.w, &routes, x.data(), x_stride, n_tok, y.data(), y_stride,
                                                      n_pairs);
                     CHECK(st == DSV4_OK, "moe: %s", dsv4_last_error());
+                    p.scratch = nullptr;
+                    p.scratch_size = 0;
                     // down style: inputs already per pair (x_row NULL), outputs per pair in route order
                     std::vector<float> xp((size_t) (n_pairs * x_stride), 0.0f);
                     for (int64_t j = 0; j < n_pairs; j++) {
@@ -518,16 +604,21 @@ void test_moe_matches_per_pair_dense_products() {
                     for (int64_t j = 0; j < n_pairs; j++) {
                         const int64_t pr = routes.y_row[j];  // the pair at route position j
                         for (int64_t o = 0; o < n_out; o++) {
-                            const double ref = yref[(size_t) (pr * y_stride + o)];
+                            const double ref = float_activations ? yexact[(size_t) (pr * n_out + o)]
+                                                                 : (double) yref[(size_t) (pr * y_stride + o)];
                             const double m = mag[(size_t) (pr * n_out + o)];
+                            if (float_activations) {
+                                const double e = std::fabs(y[(size_t) (pr * y_stride + o)] - ref);
+                                g_worst_fx_vs_exact.add(type, isa, m > 0 ? e / m : e);
+                            }
                             const double a = y[(size_t) (pr * y_stride + o)];
                             const double b = y2[(size_t) (j * y_stride + o)];
-                            CHECK(std::fabs(a - ref) <= k_tol * m + 1e-30, "%s moe %s %d thr n_tok %lld: pair %lld o %lld:"
-                                  " %.9g vs %.9g", tname(type), dsv4_isa_name(isa), nth, (long long) n_tok,
-                                  (long long) pr, (long long) o, a, ref);
-                            CHECK(std::fabs(b - ref) <= k_tol * m + 1e-30, "%s moe (identity rows) %s %d thr: pair %lld"
-                                  " o %lld: %.9g vs %.9g", tname(type), dsv4_isa_name(isa), nth, (long long) pr,
-                                  (long long) o, b, ref);
+                            CHECK(std::fabs(a - ref) <= k_tol * m + 1e-30, "%s moe%s %s %d thr n_tok %lld: pair %lld "
+                                  "o %lld: %.9g vs %.9g", tname(type), float_activations ? " (float activations)" : "",
+                                  dsv4_isa_name(isa), nth, (long long) n_tok, (long long) pr, (long long) o, a, ref);
+                            CHECK(std::fabs(b - ref) <= k_tol * m + 1e-30, "%s moe%s (identity rows) %s %d thr: pair "
+                                  "%lld o %lld: %.9g vs %.9g", tname(type), float_activations ? " (float activations)" : "",
+                                  dsv4_isa_name(isa), nth, (long long) pr, (long long) o, b, ref);
                         }
                     }
                     if (g_failures > 20) {
@@ -541,16 +632,19 @@ void test_moe_matches_per_pair_dense_products() {
 
 void test_caller_scratch_is_used_and_checked() {
     rng g(5);
-    for (dsv4_type type : { DSV4_TYPE_FP8_E4M3, DSV4_TYPE_MXFP4 }) {
+    for (int mode = 0; mode < 3; mode++) {
+        const dsv4_type type = mode == 0 ? DSV4_TYPE_FP8_E4M3 : DSV4_TYPE_MXFP4;
+        const bool fx = mode == 2;  // the scratch size covers both activation modes
         test_weight t;
         make_weight(t, type, 1, 40, 256, 0, g);
         const int64_t R = 6;
         const std::vector<float> x = make_x(R, 256, 256, g);
         pools pl;
-        const std::vector<float> want = run_matmul(t, DSV4_ISA_AUTO, pl.get(2), x, 256, R, 40, "scratch ref");
+        const std::vector<float> want = run_matmul(t, DSV4_ISA_AUTO, pl.get(2), x, 256, R, 40, "scratch ref", fx);
         const size_t need = dsv4_matmul_scratch_size(&t.w, R, 2);
         std::vector<uint8_t> buf(need + 8);
         dsv4_matmul_params p = dsv4_matmul_default_params();
+        p.float_activations = fx;
         p.pool = pl.get(2);
         p.scratch = buf.data() + 8;  // deliberately misaligned: the call aligns it
         p.scratch_size = need;
@@ -559,7 +653,10 @@ void test_caller_scratch_is_used_and_checked() {
               dsv4_last_error());
         CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0, "caller scratch gives other results");
         p.scratch_size = need / 2;
-        CHECK(dsv4_matmul(&p, &t.w, x.data(), 256, y.data(), 40, R) == DSV4_ERR_INVALID_ARG, "small scratch refused");
+        CHECK(dsv4_matmul(&p, &t.w, x.data(), 256, y.data(), 40, R) == DSV4_ERR_INVALID_ARG || fx,
+              "small scratch refused");
+        p.scratch_size = 64;
+        CHECK(dsv4_matmul(&p, &t.w, x.data(), 256, y.data(), 40, R) == DSV4_ERR_INVALID_ARG, "tiny scratch refused");
     }
 }
 
@@ -666,6 +763,12 @@ void print_summary() {
                     g_worst_scalar_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_vs_scalar.v[t][DSV4_ISA_AVX2],
                     g_worst_vs_scalar.v[t][DSV4_ISA_AVX512]);
     }
+    std::printf("float activations, worst |error| / sum|w*x| vs the exact product: scalar / avx2 / avx512\n");
+    for (dsv4_type t : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4 }) {
+        std::printf("  %-9s                 %.2e          %.2e         %.2e\n", tname(t),
+                    g_worst_fx_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX2],
+                    g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX512]);
+    }
 }
 
 }  // namespace
@@ -678,7 +781,9 @@ int main() {
     test_e8m0_table_matches_bit_decoder();
     test_row_bytes_match_the_type_table();
     test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads();
-    test_moe_matches_per_pair_dense_products();
+    test_float_activations_match_exact_product_on_every_isa_shape_rows_and_threads();
+    test_moe_matches_per_pair_products(false);
+    test_moe_matches_per_pair_products(true);
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
     test_matmul_on_a_busy_pool_is_refused();

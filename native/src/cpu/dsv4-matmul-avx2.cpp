@@ -9,6 +9,11 @@
 // subnormals); the 2^8 and the 128x128 block scale are folded into a rescaled copy of the
 // activations made once per 128-row output block.
 //
+// Q8_0/MXFP4 with float activations (params.float_activations): the float-family tiles over
+// 32-weight blocks, each decoded exactly to 4 f32 vectors: Q8_0 int8 -> int32 -> f32 times d;
+// MXFP4 a vpermps lookup of the 8 doubled-E2M1 magnitudes (pre-multiplied by the block scale
+// 2^(e-128), once per block) by the code's low 3 bits, with bit 3 moved to the sign bit.
+//
 // Integer family (Q8_0/MXFP4 x 8-bit activations): per 32-block, |w| x sign(x, w) through
 // vpmaddubsw (no saturation: |w| <= 128, |x| <= 127), vpmaddwd to int32, then one FMA with
 // d_w * d_x per block.
@@ -28,7 +33,8 @@
 
 namespace {
 
-enum { T_F32, T_F16, T_BF16, T_FP8 };
+// T_Q8_0_FX, T_MXFP4_FX: Q8_0 / MXFP4 weights with float activations (block-wise decode).
+enum { T_F32, T_F16, T_BF16, T_FP8, T_Q8_0_FX, T_MXFP4_FX };
 
 // Register tiles: weight rows x activation rows per tile (accumulators = product).
 // With 16 vector registers the best shape depends on the decode cost (measured, Zen 4, 64 MB,
@@ -37,6 +43,7 @@ enum { T_F32, T_F16, T_BF16, T_FP8 };
 constexpr int k_float_or_cheap = 4, k_float_rt_cheap = 3;  // F16, BF16
 constexpr int k_float_or_fma = 2, k_float_rt_fma = 6;      // F32, FP8
 constexpr int k_int_or = 2, k_int_rt = 6;
+constexpr int k_fx_or = 2, k_fx_rt = 6;                    // Q8_0, MXFP4 with float activations
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -137,15 +144,108 @@ inline void tile_float(const uint8_t * const * w, const float * const * x, int64
     }
 }
 
+// Doubled E2M1 magnitudes of the MXFP4 codes 0-7 (codes 8-15 are their negatives).
+alignas(32) const float k_mxfp4_mag[8] = { 0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 6.0f, 8.0f, 12.0f };
+
+// One 32-weight Q8_0 / MXFP4 block of a row, decoded exactly to f32: get(v) is columns
+// [8 v, 8 v + 8) of the block.
+template <int T>
+struct fx_block {
+    __m256 s;         // Q8_0: d in every lane; MXFP4: k_mxfp4_mag * 2^(e - 128)
+    const uint8_t * q;
+
+    inline void load(const uint8_t * row, int64_t b) {
+        if constexpr (T == T_Q8_0_FX) {
+            const uint8_t * blk = row + b * DSV4_Q8_0_BLOCK_BYTES;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            s = _mm256_set1_ps(_cvtsh_ss(h));
+            q = blk + 2;
+        } else {
+            const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
+            s = _mm256_mul_ps(_mm256_load_ps(k_mxfp4_mag), _mm256_set1_ps(dsv4_mm_e8m0_half_table.v[blk[0]]));
+            q = blk + 1;
+        }
+    }
+
+    inline __m256 get(int v) const {
+        if constexpr (T == T_Q8_0_FX) {
+            const __m256i i = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *) (q + 8 * v)));
+            return _mm256_mul_ps(_mm256_cvtepi32_ps(i), s);
+        } else {
+            // bytes j: low nibble = column j, high nibble = column j + 16
+            __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (q + 8 * (v & 1))));
+            if (v >= 2) {
+                c = _mm256_srli_epi32(c, 4);
+            }
+            const __m256 m = _mm256_permutevar8x32_ps(s, c);  // uses bits 0-2 of each lane
+            const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(c, 28), _mm256_set1_epi32(INT32_MIN));
+            return _mm256_xor_ps(m, _mm256_castsi256_ps(sign));
+        }
+    }
+};
+
+template <int T, int OR, int RT>
+inline void tile_fx(const uint8_t * const * w, const float * const * x, int64_t n, float * out,
+                    const uint8_t * pf_lim) {
+    __m256 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+        }
+    }
+    constexpr int64_t bb = T == T_Q8_0_FX ? DSV4_Q8_0_BLOCK_BYTES : DSV4_MXFP4_BLOCK_BYTES;
+    const int64_t nb = n / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        if (T == T_Q8_0_FX || (b & 1) == 0) {  // about one prefetch per 64 bytes of each row
+#pragma GCC unroll 8
+            for (int i = 0; i < OR; i++) {
+                prefetch_ahead(w[i] + b * bb, k_pf_int, pf_lim);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            fx_block<T> blk;
+            blk.load(w[i], b);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                const __m256 wv = blk.get(v);
+#pragma GCC unroll 8
+                for (int r = 0; r < RT; r++) {
+                    acc[i][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + 32 * b + 8 * v), acc[i][r]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = hsum(acc[i][r]);
+        }
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile(const uint8_t * const * w, const float * const * x, int64_t n, float * out, const uint8_t * pf_lim) {
+    if constexpr (T == T_Q8_0_FX || T == T_MXFP4_FX) {
+        tile_fx<T, OR, RT>(w, x, n, out, pf_lim);
+    } else {
+        tile_float<T, OR, RT>(w, x, n, out, pf_lim);
+    }
+}
+
 // Output rows [o, o + OR) against all activation rows (pointers xs[0..R)), RT rows at a time.
 template <int T, int OR, int RT>
 inline void dispatch_float(int rt, const uint8_t * const * w, const float * const * x, int64_t n, float * out,
                     const uint8_t * pf_lim) {
     if constexpr (RT == 1) {
-        tile_float<T, OR, 1>(w, x, n, out, pf_lim);
+        tile<T, OR, 1>(w, x, n, out, pf_lim);
     } else {
         if (rt == RT) {
-            tile_float<T, OR, RT>(w, x, n, out, pf_lim);
+            tile<T, OR, RT>(w, x, n, out, pf_lim);
         } else {
             dispatch_float<T, OR, RT - 1>(rt, w, x, n, out, pf_lim);
         }
@@ -193,8 +293,9 @@ inline void rescale_row(const float * x, const float * sc, int64_t n, float * ds
 template <int T>
 void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
     constexpr bool cheap = T == T_F16 || T == T_BF16;
-    constexpr int k_float_or = cheap ? k_float_or_cheap : k_float_or_fma;
-    constexpr int k_float_rt = cheap ? k_float_rt_cheap : k_float_rt_fma;
+    constexpr bool fx = T == T_Q8_0_FX || T == T_MXFP4_FX;
+    constexpr int k_float_or = cheap ? k_float_or_cheap : fx ? k_fx_or : k_float_or_fma;
+    constexpr int k_float_rt = cheap ? k_float_rt_cheap : fx ? k_fx_rt : k_float_rt_fma;
     const int64_t R = rows->n;
     const int64_t pad = dsv4_mm_pad16(w->n_in);
     // row pointers: FP8 -> rescaled copies in tmp (after the pointer array), else the inputs
@@ -420,6 +521,8 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx2 = {
     mm_int<T_Q8_0>,
     mm_int<T_MXFP4>,
     quantize_row,
+    mm_float<T_Q8_0_FX>,
+    mm_float<T_MXFP4_FX>,
 };
 
 #if defined(__clang__)

@@ -5,6 +5,11 @@
 // (so no scalar tail), in register tiles of 4 weight rows x up to 6 activation rows (24
 // accumulators: 4 weight rows per x load keep the loads per FMA low; measured ~2x over 2 x 6).
 //
+// Q8_0/MXFP4 with float activations (params.float_activations): the float-family tiles over
+// 32-weight blocks, each decoded exactly to 2 f32 vectors: Q8_0 int8 -> int32 -> f32 times d;
+// MXFP4 one vpermps of the 16 doubled-E2M1 values (pre-multiplied by the block scale 2^(e-128),
+// once per block) indexed by the low nibbles, one by the high nibbles.
+//
 // Integer family: vpdpbusd (u8 x s8 -> int32, no intermediate saturation) over two 32-blocks per
 // 512-bit step. The weights are made unsigned (Q8_0: w + 128 by flipping the top bit; MXFP4: a
 // look-up table of the doubled E2M1 values plus 12); dot(w + bias, q) = dot(w, q) + bias * sum(q),
@@ -31,7 +36,8 @@
 
 namespace {
 
-enum { T_F32, T_F16, T_BF16, T_FP8 };
+// T_Q8_0_FX, T_MXFP4_FX: Q8_0 / MXFP4 weights with float activations (block-wise decode).
+enum { T_F32, T_F16, T_BF16, T_FP8, T_Q8_0_FX, T_MXFP4_FX };
 
 // Register tiles: weight rows x activation rows per tile (accumulators = product).
 constexpr int k_float_or = 4, k_float_rt = 6;  // 24 accumulators of 32 registers
@@ -132,14 +138,106 @@ inline void tile_float(const uint8_t * const * w, const float * const * x, int64
     }
 }
 
+// Doubled E2M1 values of the 16 MXFP4 codes as f32.
+alignas(64) const float k_mxfp4_values_f32[16] = { 0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 6.0f, 8.0f, 12.0f,
+                                                   -0.0f, -1.0f, -2.0f, -3.0f, -4.0f, -6.0f, -8.0f, -12.0f };
+
+// One 32-weight Q8_0 / MXFP4 block of a row, decoded exactly to f32: get(v) is columns
+// [16 v, 16 v + 16) of the block.
+template <int T>
+struct fx_block {
+    __m512 s;         // Q8_0: d in every lane; MXFP4: k_mxfp4_values_f32 * 2^(e - 128)
+    const uint8_t * q;
+
+    inline void load(const uint8_t * row, int64_t b) {
+        if constexpr (T == T_Q8_0_FX) {
+            const uint8_t * blk = row + b * DSV4_Q8_0_BLOCK_BYTES;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            s = _mm512_set1_ps(_cvtsh_ss(h));
+            q = blk + 2;
+        } else {
+            const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
+            s = _mm512_mul_ps(_mm512_load_ps(k_mxfp4_values_f32), _mm512_set1_ps(dsv4_mm_e8m0_half_table.v[blk[0]]));
+            q = blk + 1;
+        }
+    }
+
+    inline __m512 get(int v) const {
+        if constexpr (T == T_Q8_0_FX) {
+            const __m512i i = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) (q + 16 * v)));
+            return _mm512_mul_ps(_mm512_cvtepi32_ps(i), s);
+        } else {
+            // byte j: low nibble = column j, high nibble = column j + 16; vpermps reads bits 0-3
+            __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) q));
+            if (v == 1) {
+                c = _mm512_srli_epi32(c, 4);
+            }
+            return _mm512_permutexvar_ps(c, s);
+        }
+    }
+};
+
+template <int T, int OR, int RT>
+inline void tile_fx(const uint8_t * const * w, const float * const * x, int64_t n, float * out,
+                    const uint8_t * pf_lim) {
+    __m512 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm512_setzero_ps();
+        }
+    }
+    constexpr int64_t bb = T == T_Q8_0_FX ? DSV4_Q8_0_BLOCK_BYTES : DSV4_MXFP4_BLOCK_BYTES;
+    const int64_t nb = n / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        if (T == T_Q8_0_FX || (b & 1) == 0) {  // about one prefetch per 64 bytes of each row
+#pragma GCC unroll 8
+            for (int i = 0; i < OR; i++) {
+                prefetch_ahead(w[i] + b * bb, k_pf_int, pf_lim);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            fx_block<T> blk;
+            blk.load(w[i], b);
+#pragma GCC unroll 2
+            for (int v = 0; v < 2; v++) {
+                const __m512 wv = blk.get(v);
+#pragma GCC unroll 8
+                for (int r = 0; r < RT; r++) {
+                    acc[i][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[r] + 32 * b + 16 * v), acc[i][r]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+template <int T, int OR, int RT>
+inline void tile(const uint8_t * const * w, const float * const * x, int64_t n, float * out, const uint8_t * pf_lim) {
+    if constexpr (T == T_Q8_0_FX || T == T_MXFP4_FX) {
+        tile_fx<T, OR, RT>(w, x, n, out, pf_lim);
+    } else {
+        tile_float<T, OR, RT>(w, x, n, out, pf_lim);
+    }
+}
+
 template <int T, int OR, int RT>
 inline void dispatch_float(int rt, const uint8_t * const * w, const float * const * x, int64_t n, float * out,
                     const uint8_t * pf_lim) {
     if constexpr (RT == 1) {
-        tile_float<T, OR, 1>(w, x, n, out, pf_lim);
+        tile<T, OR, 1>(w, x, n, out, pf_lim);
     } else {
         if (rt == RT) {
-            tile_float<T, OR, RT>(w, x, n, out, pf_lim);
+            tile<T, OR, RT>(w, x, n, out, pf_lim);
         } else {
             dispatch_float<T, OR, RT - 1>(rt, w, x, n, out, pf_lim);
         }
@@ -437,6 +535,8 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx512 = {
     mm_int<T_Q8_0>,
     mm_int<T_MXFP4>,
     quantize_row,
+    mm_float<T_Q8_0_FX>,
+    mm_float<T_MXFP4_FX>,
 };
 
 #if defined(__clang__)

@@ -47,9 +47,13 @@ typedef void (*dsv4_mm_kernel)(const struct dsv4_mm_w * w, int64_t o0, int64_t o
 // offset the integer kernels add to the weights to make them unsigned (see the layout's corr).
 typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst, int32_t bias);
 
+// q8_0 / mxfp4 read the quantized activations (rows->xq); q8_0_fx / mxfp4_fx are the
+// float-activation variants (params.float_activations): they read the f32 rows like the float
+// types and decode the weights to f32.
 struct dsv4_mm_isa_kernels {
     dsv4_mm_kernel   f32, f16, bf16, fp8, q8_0, mxfp4;
     dsv4_mm_quantize quantize;
+    dsv4_mm_kernel   q8_0_fx, mxfp4_fx;
 };
 
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;
@@ -80,7 +84,7 @@ static inline int64_t dsv4_mm_pad16(int64_t n) {
 
 // Per-thread scratch: a table of n_rows row pointers, then for FP8 the rescaled activations
 // (x * scale * 256 per 128-column block) of every row plus one decoded weight row, for the other
-// types one decoded weight row.
+// types one decoded weight row (the scalar kernels' f32 row, or int8 values + block scales).
 static inline size_t dsv4_mm_tmp_ptr_bytes(int64_t n_rows) {
     return (size_t) dsv4_mm_pad16(2 * n_rows) * sizeof(float);
 }

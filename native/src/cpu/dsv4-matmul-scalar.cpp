@@ -7,7 +7,10 @@
 
 namespace {
 
-// Decodes weight row o of a float-family type into f32 (FP8 with its block scales applied).
+// Decodes weight row o into f32: the float family (FP8 with its block scales applied), and Q8_0 /
+// MXFP4 for the float-activation path. Every decoded value is exact: d * q has at most 11 + 8
+// significant bits, and the MXFP4 scale is a power of two (short of f32 overflow, which only
+// scales beyond any real checkpoint's reach produce).
 void decode_row(const dsv4_mm_w * w, int64_t o, float * out) {
     const uint8_t * row = w->data + (size_t) o * w->row_bytes;
     const int64_t n = w->n_in;
@@ -36,6 +39,27 @@ void decode_row(const dsv4_mm_w * w, int64_t o, float * out) {
             }
             break;
         }
+        case DSV4_TYPE_Q8_0:
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint8_t * blk = row + b * DSV4_Q8_0_BLOCK_BYTES;
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                const float d = dsv4_mm_f16_to_f32(h);
+                for (int j = 0; j < 32; j++) {
+                    out[32 * b + j] = d * (float) (int8_t) blk[2 + j];
+                }
+            }
+            break;
+        case DSV4_TYPE_MXFP4:
+            for (int64_t b = 0; b < n / 32; b++) {
+                const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
+                const float d = dsv4_mm_e8m0_half(blk[0]);
+                for (int j = 0; j < 16; j++) {
+                    out[32 * b + j]      = d * (float) dsv4_mm_mxfp4_values[blk[1 + j] & 0x0F];
+                    out[32 * b + j + 16] = d * (float) dsv4_mm_mxfp4_values[blk[1 + j] >> 4];
+                }
+            }
+            break;
         default:
             break;
     }
@@ -139,4 +163,6 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_scalar = {
     mm_int_family,    // q8_0
     mm_int_family,    // mxfp4
     quantize_row,
+    mm_float_family,  // q8_0, float activations
+    mm_float_family,  // mxfp4, float activations
 };

@@ -38,6 +38,11 @@ bool type_quantizes_x(dsv4_type type) {
     return type == DSV4_TYPE_Q8_0 || type == DSV4_TYPE_MXFP4;
 }
 
+// Whether this call quantizes the activations (Q8_0 / MXFP4 unless float_activations).
+bool call_quantizes_x(const dsv4_matmul_params * p, dsv4_type type) {
+    return type_quantizes_x(type) && !(p && p->float_activations);
+}
+
 int32_t quantize_bias(dsv4_type type) {
     return type == DSV4_TYPE_Q8_0 ? DSV4_MM_Q8_0_BIAS : DSV4_MM_MXFP4_BIAS;
 }
@@ -57,14 +62,14 @@ const dsv4_mm_isa_kernels * isa_kernels(dsv4_isa isa) {
     }
 }
 
-dsv4_mm_kernel kernel_for(const dsv4_mm_isa_kernels * k, dsv4_type type) {
+dsv4_mm_kernel kernel_for(const dsv4_mm_isa_kernels * k, dsv4_type type, bool quantized_x) {
     switch (type) {
         case DSV4_TYPE_F32:   return k->f32;
         case DSV4_TYPE_F16:   return k->f16;
         case DSV4_TYPE_BF16:  return k->bf16;
         case DSV4_TYPE_FP8_E4M3:   return k->fp8;
-        case DSV4_TYPE_Q8_0:  return k->q8_0;
-        case DSV4_TYPE_MXFP4: return k->mxfp4;
+        case DSV4_TYPE_Q8_0:  return quantized_x ? k->q8_0 : k->q8_0_fx;
+        case DSV4_TYPE_MXFP4: return quantized_x ? k->mxfp4 : k->mxfp4_fx;
         default:               return nullptr;
     }
 }
@@ -347,11 +352,16 @@ extern "C" dsv4_matmul_params dsv4_matmul_default_params(void) {
     p.isa = DSV4_ISA_AUTO;
     p.scratch = nullptr;
     p.scratch_size = 0;
+    p.float_activations = false;
     return p;
 }
 
-static size_t scratch_bytes(dsv4_type type, int64_t n_in, int64_t n_x_rows, int64_t rows_per_call, int n_threads) {
-    const size_t xq = type_quantizes_x(type) ? align64(dsv4_mm_xq_row_bytes(n_in) * (size_t) n_x_rows) : 0;
+// quantized_x: room for the quantized activations. The public sizes pass type_quantizes_x (an
+// upper bound over float_activations: the float-activation kernels need the same per-thread tmp
+// and no quantized rows), the calls their actual mode.
+static size_t scratch_bytes(dsv4_type type, bool quantized_x, int64_t n_in, int64_t n_x_rows, int64_t rows_per_call,
+                            int n_threads) {
+    const size_t xq = quantized_x ? align64(dsv4_mm_xq_row_bytes(n_in) * (size_t) n_x_rows) : 0;
     const size_t tmp = dsv4_mm_tmp_bytes(type, n_in, rows_per_call) * (size_t) (n_threads > 0 ? n_threads : 1);
     return xq + tmp + 64;  // + 64: room to align a caller's buffer
 }
@@ -360,7 +370,7 @@ extern "C" size_t dsv4_matmul_scratch_size(const dsv4_weight * w, int64_t n_rows
     if (!w || n_rows < 0) {
         return 0;
     }
-    return scratch_bytes(w->type, w->n_in, n_rows, n_rows, n_threads);
+    return scratch_bytes(w->type, type_quantizes_x(w->type), w->n_in, n_rows, n_rows, n_threads);
 }
 
 extern "C" size_t dsv4_matmul_moe_scratch_size(const dsv4_weight * w, int64_t n_x_rows, int64_t max_rows_per_expert,
@@ -368,7 +378,7 @@ extern "C" size_t dsv4_matmul_moe_scratch_size(const dsv4_weight * w, int64_t n_
     if (!w || n_x_rows < 0 || max_rows_per_expert < 0) {
         return 0;
     }
-    return scratch_bytes(w->type, w->n_in, n_x_rows, max_rows_per_expert, n_threads);
+    return scratch_bytes(w->type, type_quantizes_x(w->type), w->n_in, n_x_rows, max_rows_per_expert, n_threads);
 }
 
 extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4_weight * w, const float * x,
@@ -399,14 +409,16 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     dsv4_threadpool * pool = params ? params->pool : nullptr;
     const int nth = dsv4_threadpool_n_threads(pool);
 
+    const bool qx = call_quantizes_x(params, w->type);
     scratch_buf scratch;
-    if ((st = get_scratch(params, scratch_bytes(w->type, w->n_in, n_rows, n_rows, nth) - 64, &scratch, fn)) != DSV4_OK) {
+    if ((st = get_scratch(params, scratch_bytes(w->type, qx, w->n_in, n_rows, n_rows, nth) - 64, &scratch, fn)) !=
+        DSV4_OK) {
         return st;
     }
     uint8_t * p = scratch.base;
 
     dense_task t;
-    t.kernel = kernel_for(kern, w->type);
+    t.kernel = kernel_for(kern, w->type, qx);
     t.w = expert_view(w, 0);
     t.rows.n = n_rows;
     t.rows.x = x;
@@ -417,7 +429,7 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     t.rows.y = y;
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
-    if (type_quantizes_x(w->type)) {
+    if (qx) {
         quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_rows, w->n_in, p,
                             dsv4_mm_xq_row_bytes(w->n_in) };
         if ((st = run_quantize(pool, &q)) != DSV4_OK) {
@@ -489,15 +501,16 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     dsv4_threadpool * pool = params ? params->pool : nullptr;
     const int nth = dsv4_threadpool_n_threads(pool);
 
+    const bool qx = call_quantizes_x(params, w->type);
     scratch_buf scratch;
-    const size_t need = scratch_bytes(w->type, w->n_in, n_x_rows, max_rows, nth) - 64;
+    const size_t need = scratch_bytes(w->type, qx, w->n_in, n_x_rows, max_rows, nth) - 64;
     if ((st = get_scratch(params, need, &scratch, fn)) != DSV4_OK) {
         return st;
     }
     uint8_t * p = scratch.base;
 
     moe_task t;
-    t.kernel = kernel_for(kern, w->type);
+    t.kernel = kernel_for(kern, w->type, qx);
     t.w = w;
     t.routes = routes;
     t.rows.n = 0;
@@ -509,7 +522,7 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     t.rows.y = y;
     t.rows.y_stride = y_stride;
     t.rows.y_idx = nullptr;
-    if (type_quantizes_x(w->type)) {
+    if (qx) {
         quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, p,
                             dsv4_mm_xq_row_bytes(w->n_in) };
         if ((st = run_quantize(pool, &q)) != DSV4_OK) {

@@ -12,7 +12,10 @@
 //   Q8_0, MXFP4: activations are quantized once per call to 8-bit blocks of 32 (f32 scale per
 //     block, round-to-nearest-even), then integer dot products per block scaled by d_w * d_x.
 //     SIMD matches the scalar reference on the same quantized activations to within float
-//     rounding of the block sums (the integer sums are exact).
+//     rounding of the block sums (the integer sums are exact). The quantization costs ~1% of
+//     the product per matmul; with params.float_activations the weights are instead decoded to
+//     f32 (exactly) and multiplied with the f32 activations like the float types, which matches an
+//     exact product to within float rounding (the mode for checking against a reference).
 //
 // Every kernel has a scalar reference (DSV4_ISA_SCALAR, any CPU); AVX2 (+FMA, F16C) and AVX-512
 // (F, BW, VL, VNNI) variants live in their own translation units and are chosen at run time.
@@ -74,12 +77,16 @@ struct dsv4_matmul_params {
     enum dsv4_isa isa;              // AUTO, or a specific level (tests, benchmarks)
     void *   scratch;               // NULL: allocated per call (tests); the context passes its own
     size_t   scratch_size;          // >= dsv4_matmul_scratch_size(...) when scratch is given
+    bool     float_activations;     // Q8_0 / MXFP4 weights: false (default) quantizes the activations
+                                    // to 8-bit blocks (integer dots, fastest); true decodes the
+                                    // weights to f32 and uses FMA with the f32 activations (exact to
+                                    // float rounding). Other types ignore it.
 };
 
 struct dsv4_matmul_params dsv4_matmul_default_params(void);
 
-// Scratch bytes a call needs (an upper bound over ISAs), for n_rows activation rows and a pool of
-// n_threads.
+// Scratch bytes a call needs (an upper bound over ISAs and both float_activations settings), for
+// n_rows activation rows and a pool of n_threads.
 size_t dsv4_matmul_scratch_size(const struct dsv4_weight * w, int64_t n_rows, int n_threads);
 
 // y[r * y_stride + o] = sum_k W[o, k] * x[r * x_stride + k], r < n_rows, o < n_out.
@@ -99,6 +106,7 @@ struct dsv4_moe_routes {
     const int32_t * y_row;   // [offset[n_sel]] in [0, n_y_rows), or NULL
 };
 
+// The same for dsv4_matmul_moe (also an upper bound over ISAs and float_activations).
 size_t dsv4_matmul_moe_scratch_size(const struct dsv4_weight * w, int64_t n_x_rows,
                                     int64_t max_rows_per_expert, int n_threads);
 
