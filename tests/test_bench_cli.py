@@ -32,6 +32,7 @@ def test_bench_writes_every_key_with_sane_values(converted, tmp_path, capsys, ll
             r["decode_tps"] * r["bytes_per_token"] / (r["bandwidth_gbps"] * 1e9), rel=1e-3, abs=1e-4)
         assert r["logits_finite"]
     assert report["arch"] == ("deepseek4" if llama_cpp else "dsv4")
+    assert 1.0 < report["verify6_bytes_over_decode1"] < 6.0
     assert report["machine"]["cpus"] >= 1 and report["settings"]["runs"] == 1
 
 

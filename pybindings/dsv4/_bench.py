@@ -23,6 +23,14 @@ BF16) count at their file size, a difference far under 0.1%.
 
 fraction_of_limit = decode_tps x bytes_per_token / bandwidth: 1.0 would be a decode step that
 costs exactly one read of its weights at the measured bandwidth.
+
+verify6_over_decode1 = median time of a 6-row step (logits for all 6 rows) followed by a truncate
+back to where it started, over the median time of a 1-row step + truncate at the same position
+(the pairs alternate). Six rows read more than one: each row picks its own k experts, so the
+report also gives verify6_bytes_over_decode1, the ratio of bytes read under independent uniform
+routing (E (1 - ((E - k) / E)^6) experts per layer instead of k), the memory-bound floor of
+verify6_over_decode1 with random tokens. decode_tps times plain steps (no truncate); prefill_tps one decode call of
+--prefill tokens from an empty cache, logits for the last row only.
 """
 from __future__ import annotations
 
@@ -96,8 +104,13 @@ def bytes_per_token(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             parts["head"] += nbytes
     total = sum(parts.values())
+    # A 6-row step reads the experts any of its rows picked: with independent uniform top-k
+    # routing, E * (1 - ((E - k) / E)^6) distinct experts per layer instead of k.
+    touched6 = n_expert * (1.0 - ((n_expert - k) / n_expert) ** VERIFY_ROWS)
+    verify6 = total + parts["layers_experts"] * (touched6 / k - 1.0)
     return {
         "total": int(round(total)),
+        "verify6_total": int(round(verify6)),
         "parts": {key: int(round(v)) for key, v in parts.items()},
         "arch": arch, "n_layer": n_layer, "n_expert": n_expert, "n_expert_used": k, "n_vocab": n_vocab,
     }
@@ -230,6 +243,8 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         "weight_bytes": os.path.getsize(path),
         "bytes_per_token": bpt["total"],
         "bytes_per_token_parts": bpt["parts"],
+        # the memory-bound floor of verify6_over_decode1 under uniform routing (random tokens)
+        "verify6_bytes_over_decode1": round(bpt["verify6_total"] / bpt["total"], 3),
         "settings": asdict(s),
         "machine": machine_info(),
         "results": results,
@@ -242,7 +257,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"model {report['model']} ({report['arch']}): {report['bytes_per_token'] / 1e6:.1f} MB of weights read per "
         f"decoded token",
         f"medians of {s['runs']} run(s); decode after {s['prompt']} tokens, prefill {s['prefill']} tokens in "
-        f"chunks of {s['n_batch']}",
+        f"chunks of {s['n_batch']}; a 6-row step reads {report['verify6_bytes_over_decode1']:.2f}x the bytes of "
+        f"1 row (uniform routing)",
         "",
         f"{'threads':>7} {'GB/s':>7} {'limit tok/s':>11} {'decode tok/s':>12} {'of limit':>8} "
         f"{'verify6/decode1':>15} {'prefill tok/s':>13}",
