@@ -80,12 +80,14 @@ struct py_context {
     model_ptr m;
     dsv4_context * ctx = nullptr;
 
-    py_context(const py_model & model, int32_t n_ctx, int32_t n_threads, int32_t n_batch) : m(model.m) {
+    py_context(const py_model & model, int32_t n_ctx, int32_t n_threads, int32_t n_batch, bool float_activations)
+        : m(model.m) {
         if (!m) throw py::value_error("Model is closed");
         dsv4_context_params p = dsv4_context_default_params();
         p.n_ctx = n_ctx;
         p.n_threads = n_threads;
         p.n_batch = n_batch;
+        p.float_activations = float_activations;
         dsv4_status st;
         {
             py::gil_scoped_release release;
@@ -196,8 +198,8 @@ void dsv4_bind_model(py::module_ & m) {
         .def("close", &py_model::close, "Drop this handle (the mapping goes when no context uses it).");
 
     py::class_<py_context>(m, "Context", "Caches, scratch and threads for one sequence over a Model.")
-        .def(py::init<const py_model &, int32_t, int32_t, int32_t>(), py::arg("model"), py::arg("n_ctx") = 4096,
-             py::arg("n_threads") = 0, py::arg("n_batch") = 64)
+        .def(py::init<const py_model &, int32_t, int32_t, int32_t, bool>(), py::arg("model"), py::arg("n_ctx") = 4096,
+             py::arg("n_threads") = 0, py::arg("n_batch") = 64, py::arg("float_activations") = false)
         .def("decode", &py_context::decode, py::arg("tokens"), py::arg("pos"), py::arg("logit_rows") = py::none(),
              py::arg("features") = false,
              "Run tokens at positions pos.. (pos must equal n_past). Returns (logits [len(logit_rows), n_vocab] "

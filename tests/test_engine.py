@@ -4,11 +4,10 @@ Fixture checkpoint (seeds 0 and 1) -> `dsv4 convert` -> engine logits vs `V4Mode
 
 Tolerance: max|engine - reference| / max|reference| <= 1e-3 over every compared row (testing.md:
 F32 activations). Measured on the fixture: ~1.3e-6 (float32 rounding: the reference sums in other
-orders). That needs exact expert weights on both sides: the converter writes the FP4 experts as
-MXFP4, whose CPU matmul quantizes the activations to 8 bits (~1% per expert output, and near-tie
-routing flips later), so the reference comparisons run on a copy of the converted file with the
-MXFP4 expert stacks decoded to F32 (lossless: every E2M1 x 2^k value is an exact float). The file
-exactly as converted is checked separately with a tolerance for that activation quantization.
+orders). The file is compared exactly as the converter writes it (FP8 dense, MXFP4 experts), with
+the context's `float_activations` on: by default the MXFP4/Q8_0 CPU matmul quantizes activations to
+8 bits (~1% per expert output, and near-tie routing flips later), which is checked separately with
+a tolerance for that activation quantization.
 
 Engine-vs-engine invariants (chunked prefill, decode, truncation) are bit-exact: every row's
 arithmetic is independent of how rows are batched.
@@ -43,47 +42,21 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
 
-def with_f32_experts(src: Path, dst: Path) -> None:
-    """Copy a GGUF, decoding every MXFP4 tensor (the expert stacks) to F32."""
-    import gguf
-
-    from dsv4.quant import decode_mxfp4
-
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(dst, reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), vtype, sub_type=sub)
-    for t in reader.tensors:
-        if t.tensor_type == gguf.GGMLQuantizationType.MXFP4:
-            writer.add_tensor(t.name, np.ascontiguousarray(decode_mxfp4(np.asarray(t.data))))
-        else:
-            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 @dataclass
 class Case:
     seed: int
-    gguf: Path          # as converted (MXFP4 experts)
-    exact: Path         # experts decoded to F32
+    gguf: Path          # as converted (FP8 dense, MXFP4 experts)
     tokens: np.ndarray  # [N_TOK] int32
     ref: V4Model
     logits: np.ndarray  # reference full forward [N_TOK, V]
     features: np.ndarray
 
-    def model(self, exact: bool = True) -> "_native.Model":
-        return _native.Model(str(self.exact if exact else self.gguf))
+    def model(self) -> "_native.Model":
+        return _native.Model(str(self.gguf))
 
 
 _CASES: dict[int, Case] = {}
-_MODELS: dict[tuple[int, bool], object] = {}
+_MODELS: dict[int, object] = {}
 
 
 @pytest.fixture(scope="session")
@@ -99,27 +72,24 @@ def case(tmp_path_factory):
             ckpt = make_fixture(d / "ckpt", seed=seed)
             out = d / "fixture.gguf"
             assert cli(["convert", str(ckpt), str(out)]) == 0
-            exact = d / "fixture-f32-experts.gguf"
-            with_f32_experts(out, exact)
             tokens = np.random.default_rng(100 + seed).integers(0, FIXTURE_CONFIG["vocab_size"], N_TOK).astype(np.int32)
             ref = V4Model.load(ckpt)
             with torch.no_grad():
                 fwd = ref.forward(torch.as_tensor(tokens, dtype=torch.long))
-            _CASES[seed] = Case(seed, out, exact, tokens, ref, fwd.logits.numpy(), fwd.features.numpy())
+            _CASES[seed] = Case(seed, out, tokens, ref, fwd.logits.numpy(), fwd.features.numpy())
         return _CASES[seed]
 
     return get
 
 
-def model_of(c: Case, exact: bool = True):
-    key = (c.seed, exact)
-    if key not in _MODELS:
-        _MODELS[key] = c.model(exact)
-    return _MODELS[key]
+def model_of(c: Case):
+    if c.seed not in _MODELS:
+        _MODELS[c.seed] = c.model()
+    return _MODELS[c.seed]
 
 
 def context(c: Case, n_batch: int = 64, exact: bool = True, n_ctx: int = N_CTX):
-    return _native.Context(model_of(c, exact), n_ctx=n_ctx, n_threads=THREADS, n_batch=n_batch)
+    return _native.Context(model_of(c), n_ctx=n_ctx, n_threads=THREADS, n_batch=n_batch, float_activations=exact)
 
 
 def decode_one_by_one(ctx, tokens: np.ndarray, start: int = 0) -> np.ndarray:
@@ -209,7 +179,7 @@ def test_cache_state_matches_reference_cache(case):
 def test_converted_mxfp4_file_is_close_to_reference(case):
     """The file as converted: MXFP4 experts run with 8-bit activations in the CPU matmul, ~1% per
     expert output; a near-tie can then flip a routing or indexer choice, so only the typical row is
-    bounded (and the exact file above is what pins the forward pass)."""
+    bounded (the exact-activation runs above are what pin the forward pass)."""
     c = case(0)
     ctx = context(c, exact=False)
     logits, _ = ctx.decode(c.tokens[:64], 0)
@@ -313,7 +283,7 @@ def test_bad_inputs_raise_before_compute(case):
 
 def test_features_need_taps(case, tmp_path):
     c = case(0)
-    m = _native.Model(str(c.exact), load_draft=False)
+    m = _native.Model(str(c.gguf), load_draft=False)
     ctx = _native.Context(m, n_ctx=16, n_threads=1)
     with pytest.raises(ValueError, match="no DSpark taps"):
         ctx.decode(c.tokens[:2], 0, None, True)

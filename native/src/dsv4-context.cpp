@@ -40,6 +40,7 @@ dsv4_status init(dsv4_context * ctx, dsv4_model * model, const dsv4_context_para
     if (!ctx->pool) return DSV4_ERR_NO_MEMORY;  // the pool set the message
     dsv4_status st = dsv4_kv_cache_init(&ctx->cache, model, p.n_ctx, DSV4_KV_MAX_ROLLBACK);
     if (st != DSV4_OK) return st;
+    ctx->fwd.float_activations = p.float_activations;
     return dsv4_forward_init(&ctx->fwd, model, ctx->pool, p.n_ctx, p.n_batch);
 }
 
@@ -51,6 +52,7 @@ extern "C" dsv4_context_params dsv4_context_default_params(void) {
     p.n_threads = 0;
     p.n_batch = 64;
     p.seed = 0;
+    p.float_activations = false;
     return p;
 }
 

@@ -241,12 +241,18 @@ void dsv4_forward_free(dsv4_forward * f) {
     f->layers.clear();
 }
 
-dsv4_status dsv4_fwd_matmul(dsv4_forward * f, const dsv4_weight * w, const float * x, int64_t x_stride, float * y,
-                            int64_t y_stride, int64_t n) {
+dsv4_matmul_params dsv4_fwd_matmul_params(const dsv4_forward * f) {
     dsv4_matmul_params p = dsv4_matmul_default_params();
     p.pool = f->pool;
     p.scratch = f->mm_scratch;
     p.scratch_size = f->mm_scratch_size;
+    p.float_activations = f->float_activations;
+    return p;
+}
+
+dsv4_status dsv4_fwd_matmul(dsv4_forward * f, const dsv4_weight * w, const float * x, int64_t x_stride, float * y,
+                            int64_t y_stride, int64_t n) {
+    const dsv4_matmul_params p = dsv4_fwd_matmul_params(f);
     return dsv4_matmul(&p, w, x, x_stride, y, y_stride, n);
 }
 

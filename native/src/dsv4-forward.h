@@ -36,6 +36,7 @@ struct dsv4_forward {
     const dsv4_model * model = nullptr;
     dsv4_threadpool *  pool = nullptr;
     int32_t n_batch = 0, n_ctx = 0, n_threads = 1;
+    bool    float_activations = false;  // Q8_0/MXFP4 matmuls with exact f32 activations
     int32_t max_keys = 0;        // attention keys per query row: W + compressed entries
     int32_t idx_group = 0;       // indexer query rows scored per pass over the keys
     std::vector<double> theta[2];  // RoPE frequencies: [0] ratio-0 layers (no YaRN), [1] ratio > 0 (YaRN)
@@ -82,6 +83,9 @@ dsv4_status dsv4_forward_chunk(dsv4_forward * f, dsv4_kv_cache * cache, const in
                                float * features);
 
 // ---- building blocks (also for the DSpark draft stages) ----------------------------------------
+
+// Matmul parameters of this context: its pool, scratch and activation precision.
+dsv4_matmul_params dsv4_fwd_matmul_params(const dsv4_forward * f);
 
 // A matmul on the context's pool and scratch.
 dsv4_status dsv4_fwd_matmul(dsv4_forward * f, const dsv4_weight * w, const float * x, int64_t x_stride, float * y,

@@ -86,10 +86,7 @@ dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const i
                                        f->r_yrow, &routes)) != DSV4_OK) {
         return st;
     }
-    dsv4_matmul_params mp = dsv4_matmul_default_params();
-    mp.pool = f->pool;
-    mp.scratch = f->mm_scratch;
-    mp.scratch_size = f->mm_scratch_size;
+    const dsv4_matmul_params mp = dsv4_fwd_matmul_params(f);
     const int64_t n_pairs = (int64_t) n * k;
     if ((st = dsv4_matmul_moe(&mp, &L.ffn_gate_exps, &routes, xn, d, n, f->eg, I, n_pairs)) != DSV4_OK) return st;
     if ((st = dsv4_matmul_moe(&mp, &L.ffn_up_exps, &routes, xn, d, n, f->eu, I, n_pairs)) != DSV4_OK) return st;

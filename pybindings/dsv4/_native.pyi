@@ -98,7 +98,8 @@ class Model:
 
 class Context:
     """Caches, scratch and threads for one sequence over a Model."""
-    def __init__(self, model: Model, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 64) -> None: ...
+    def __init__(self, model: Model, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 64,
+                 float_activations: bool = False) -> None: ...
     def decode(self, tokens: npt.NDArray[np.int32], pos: int, logit_rows: npt.NDArray[np.int32] | None = None,
                features: bool = False) -> tuple[_F32, _F32 | None]:
         """Run tokens at positions pos.. (pos == n_past); (logits [len(logit_rows), n_vocab], features or None)."""

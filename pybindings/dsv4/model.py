@@ -28,7 +28,7 @@ class Model:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 64, load_draft: bool = True) -> None:
+                 n_batch: int = 64, load_draft: bool = True, exact: bool = False) -> None:
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         self.path = os.fspath(path)
@@ -36,7 +36,9 @@ class Model:
             raise FileNotFoundError(f"no such model file: {self.path}")
         native = _native()
         self._model = native.Model(self.path, load_draft)
-        self._ctx = native.Context(self._model, n_ctx=n_ctx, n_threads=n_threads or 0, n_batch=n_batch)
+        # exact=True runs Q8_0/MXFP4 matmuls with f32 activations (no 8-bit activation rounding).
+        self._ctx = native.Context(self._model, n_ctx=n_ctx, n_threads=n_threads or 0, n_batch=n_batch,
+                                   float_activations=exact)
         self.n_ctx = n_ctx
         self._metadata: dict[str, Any] | None = None
 
