@@ -2,6 +2,7 @@
 // matrix size (one that fits in cache, one far beyond it), next to a plain memory-read loop
 // measured in the same run, so every kernel number can be read as a fraction of the bandwidth
 // limit. Also the expert-batched MoE path (top-k routing over stacked MXFP4 experts).
+// Types q8_0_fa / mxfp4_fa are Q8_0 / MXFP4 with params.float_activations (the exact mode).
 //
 // Built and run by bench/kernels.py (which records the machine and writes the JSON); prints JSON
 // on stdout and progress on stderr. Usage:
@@ -169,11 +170,13 @@ double time_matmul(const dsv4_weight & w, dsv4_matmul_params & p, const std::vec
 struct type_entry {
     const char * name;
     dsv4_type type;
+    bool float_activations = false;
 };
 
 const type_entry k_types[] = {
     { "f32", DSV4_TYPE_F32 },       { "f16", DSV4_TYPE_F16 },   { "bf16", DSV4_TYPE_BF16 },
     { "fp8", DSV4_TYPE_FP8_E4M3 }, { "q8_0", DSV4_TYPE_Q8_0 }, { "mxfp4", DSV4_TYPE_MXFP4 },
+    { "q8_0_fa", DSV4_TYPE_Q8_0, true }, { "mxfp4_fa", DSV4_TYPE_MXFP4, true },
 };
 
 dsv4_isa parse_isa(const char * s) {
@@ -189,7 +192,7 @@ int main(int argc, char ** argv) {
     std::vector<int> threads = { 1, 2 };
     std::vector<int> row_counts = { 1, 6 };
     double small_mb = 1, large_mb = 256;
-    std::string types_arg = "f32,f16,bf16,fp8,q8_0,mxfp4";
+    std::string types_arg = "f32,f16,bf16,fp8,q8_0,mxfp4,q8_0_fa,mxfp4_fa";
     dsv4_isa isa = DSV4_ISA_AUTO;
     bool isa_compare = false;
     int reps_large = 7;
@@ -244,6 +247,7 @@ int main(int argc, char ** argv) {
         dsv4_matmul_params p = dsv4_matmul_default_params();
         p.pool = pools[nth];
         p.isa = is;
+        p.float_activations = te.float_activations;
         std::vector<uint8_t> scratch(dsv4_matmul_scratch_size(&w, rows, nth));
         p.scratch = scratch.data();
         p.scratch_size = scratch.size();
@@ -263,7 +267,7 @@ int main(int argc, char ** argv) {
         r.gbps = r.weight_bytes / t / 1e9;
         r.gflops = 2.0 * (double) w.n_out * (double) w.n_in * (double) rows / t / 1e9;
         results.push_back(r);
-        std::fprintf(stderr, "%-6s %-6s %-5s %6.1f MB thr %d R %2lld: %9.1f us  %7.2f GB/s  %7.2f GFLOP/s\n", te.name,
+        std::fprintf(stderr, "%-8s %-6s %-5s %6.1f MB thr %d R %2lld: %9.1f us  %7.2f GB/s  %7.2f GFLOP/s\n", te.name,
                      r.isa.c_str(), size_class, mb, nth, (long long) rows, t * 1e6, r.gbps, r.gflops);
         (void) wbuf;
     };

@@ -12,7 +12,8 @@
 // Q8_0/MXFP4 with float activations (params.float_activations): the float-family tiles over
 // 32-weight blocks, each decoded exactly to 4 f32 vectors: Q8_0 int8 -> int32 -> f32 times d;
 // MXFP4 a vpermps lookup of the 8 doubled-E2M1 magnitudes (pre-multiplied by the block scale
-// 2^(e-128), once per block) by the code's low 3 bits, with bit 3 moved to the sign bit.
+// 2^(e-128), once per block) by the code's low 3 bits, with bit 3 moved to the sign bit. Tiles
+// 2 x 6 (measured: 4 x 3 is 1.3x slower at R = 6), 4 x 1 for decode.
 //
 // Integer family (Q8_0/MXFP4 x 8-bit activations): per 32-block, |w| x sign(x, w) through
 // vpmaddubsw (no saturation: |w| <= 128, |x| <= 127), vpmaddwd to int32, then one FMA with
@@ -151,7 +152,7 @@ alignas(32) const float k_mxfp4_mag[8] = { 0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 6.0f, 8
 // [8 v, 8 v + 8) of the block.
 template <int T>
 struct fx_block {
-    __m256 s;         // Q8_0: d in every lane; MXFP4: k_mxfp4_mag * 2^(e - 128)
+    __m256 s;         // Q8_0: d in every lane; MXFP4: lane m = bits(k_mxfp4_mag[m] * 2^(e - 128)) ^ (m << 28)
     const uint8_t * q;
 
     inline void load(const uint8_t * row, int64_t b) {
@@ -163,7 +164,9 @@ struct fx_block {
             q = blk + 2;
         } else {
             const uint8_t * blk = row + b * DSV4_MXFP4_BLOCK_BYTES;
-            s = _mm256_mul_ps(_mm256_load_ps(k_mxfp4_mag), _mm256_set1_ps(dsv4_mm_e8m0_half_table.v[blk[0]]));
+            const __m256 m = _mm256_mul_ps(_mm256_load_ps(k_mxfp4_mag), _mm256_set1_ps(dsv4_mm_e8m0_half_table.v[blk[0]]));
+            s = _mm256_xor_ps(m, _mm256_castsi256_ps(_mm256_setr_epi32(0, 1 << 28, 2 << 28, 3 << 28, 4 << 28, 5 << 28,
+                                                                       6 << 28, 7 << 28)));
             q = blk + 1;
         }
     }
@@ -178,9 +181,11 @@ struct fx_block {
             if (v >= 2) {
                 c = _mm256_srli_epi32(c, 4);
             }
-            const __m256 m = _mm256_permutevar8x32_ps(s, c);  // uses bits 0-2 of each lane
-            const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(c, 28), _mm256_set1_epi32(INT32_MIN));
-            return _mm256_xor_ps(m, _mm256_castsi256_ps(sign));
+            // vpermps reads bits 0-2 (m); c << 28 is (m << 28) | (sign << 31) (higher bits shift
+            // out), so the xor undoes the table's m << 28 and sets the sign: one op less than
+            // masking the sign bit out (measured ~10% at R = 1 and 6)
+            const __m256 m = _mm256_permutevar8x32_ps(s, c);
+            return _mm256_xor_ps(m, _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
         }
     }
 };

@@ -41,6 +41,7 @@ enum { T_F32, T_F16, T_BF16, T_FP8, T_Q8_0_FX, T_MXFP4_FX };
 
 // Register tiles: weight rows x activation rows per tile (accumulators = product).
 constexpr int k_float_or = 4, k_float_rt = 6;  // 24 accumulators of 32 registers
+constexpr int k_fx_or = 4, k_fx_rt = 6;        // Q8_0, MXFP4 with float activations
 constexpr int k_int_or = 4, k_int_rt = 6;
 
 // 16 weights from column k (FP8: times 2^-8); m selects the columns that exist.
@@ -306,8 +307,10 @@ void mm_float(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
                 rows_float<T, 4, 1>(w, o, rows, xs, pf_lim);
             }
         } else {
-            for (; o + k_float_or <= s1; o += k_float_or) {
-                rows_float<T, k_float_or, k_float_rt>(w, o, rows, xs, pf_lim);
+            constexpr bool fx = T == T_Q8_0_FX || T == T_MXFP4_FX;
+            constexpr int t_or = fx ? k_fx_or : k_float_or, t_rt = fx ? k_fx_rt : k_float_rt;
+            for (; o + t_or <= s1; o += t_or) {
+                rows_float<T, t_or, t_rt>(w, o, rows, xs, pf_lim);
             }
         }
         for (; o < s1; o++) {
