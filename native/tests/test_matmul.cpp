@@ -250,7 +250,7 @@ ref_out reference(const test_weight & t, int64_t e, const float * x, int64_t x_s
 
 std::vector<dsv4_isa> simd_isas() {
     std::vector<dsv4_isa> v;
-    for (dsv4_isa isa : { DSV4_ISA_AVX2, DSV4_ISA_AVX512 }) {
+    for (dsv4_isa isa : { DSV4_ISA_AVX2, DSV4_ISA_AVX512, DSV4_ISA_NEON }) {
         if (dsv4_cpu_isa_supported(isa)) {
             v.push_back(isa);
         }
@@ -260,7 +260,7 @@ std::vector<dsv4_isa> simd_isas() {
 
 // Worst normalized error |y - ref| / mag seen per (type, ISA), for the summary.
 struct worst_table {
-    double v[8][4] = {};
+    double v[8][5] = {};
     void add(dsv4_type t, dsv4_isa isa, double e) {
         double & s = v[(int) t][(int) isa];
         s = e > s ? e : s;
@@ -454,9 +454,13 @@ void test_activation_quantization_is_bit_identical_across_isas() {
               "ties round to even (-14.5 -> -14, -13.5 -> -14)");
         const int32_t * corr = dsv4_mm_xq_corr(ref.data(), n);
         CHECK(corr[16] == -bias * (127 - 14 - 14 - 12), "correction = -bias * sum of 4 q (got %d)", corr[16]);
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(__aarch64__)
         for (dsv4_isa isa : simd_isas()) {
+#if defined(__x86_64__)
             const dsv4_mm_isa_kernels & k = isa == DSV4_ISA_AVX512 ? dsv4_mm_kernels_avx512 : dsv4_mm_kernels_avx2;
+#else
+            const dsv4_mm_isa_kernels & k = dsv4_mm_kernels_neon;
+#endif
             got.assign(row, 0);
             k.quantize(x.data(), n, got.data(), bias);
             CHECK(std::memcmp(got.data(), ref.data(), used) == 0, "%s quantized row differs from scalar (bias %d)",
@@ -757,27 +761,28 @@ void test_matmul_on_a_busy_pool_is_refused() {
 void print_summary() {
     const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
                                 DSV4_TYPE_MXFP4 };
-    std::printf("worst |error| / sum|w*x|   scalar-vs-exact   avx2-vs-scalar   avx512-vs-scalar  (tolerance %.0e)\n",
-                k_tol);
+    std::printf("worst |error| / sum|w*x|   scalar-vs-exact   avx2-vs-scalar   avx512-vs-scalar   neon-vs-scalar  "
+                "(tolerance %.0e)\n", k_tol);
     for (dsv4_type t : types) {
-        std::printf("  %-9s                 %.2e          %.2e         %.2e\n", tname(t),
+        std::printf("  %-9s                 %.2e          %.2e         %.2e           %.2e\n", tname(t),
                     g_worst_scalar_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_vs_scalar.v[t][DSV4_ISA_AVX2],
-                    g_worst_vs_scalar.v[t][DSV4_ISA_AVX512]);
+                    g_worst_vs_scalar.v[t][DSV4_ISA_AVX512], g_worst_vs_scalar.v[t][DSV4_ISA_NEON]);
     }
-    std::printf("float activations, worst |error| / sum|w*x| vs the exact product: scalar / avx2 / avx512\n");
+    std::printf("float activations, worst |error| / sum|w*x| vs the exact product: scalar / avx2 / avx512 / neon\n");
     for (dsv4_type t : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4 }) {
-        std::printf("  %-9s                 %.2e          %.2e         %.2e\n", tname(t),
+        std::printf("  %-9s                 %.2e          %.2e         %.2e           %.2e\n", tname(t),
                     g_worst_fx_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX2],
-                    g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX512]);
+                    g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX512], g_worst_fx_vs_exact.v[t][DSV4_ISA_NEON]);
     }
 }
 
 }  // namespace
 
 int main() {
-    std::printf("best ISA here: %s (avx2 %s, avx512 %s)\n", dsv4_isa_name(dsv4_cpu_best_isa()),
+    std::printf("best ISA here: %s (avx2 %s, avx512 %s, neon %s)\n", dsv4_isa_name(dsv4_cpu_best_isa()),
                 dsv4_cpu_isa_supported(DSV4_ISA_AVX2) ? "yes" : "no",
-                dsv4_cpu_isa_supported(DSV4_ISA_AVX512) ? "yes" : "no");
+                dsv4_cpu_isa_supported(DSV4_ISA_AVX512) ? "yes" : "no",
+                dsv4_cpu_isa_supported(DSV4_ISA_NEON) ? "yes" : "no");
     test_activation_quantization_is_bit_identical_across_isas();
     test_e8m0_table_matches_bit_decoder();
     test_row_bytes_match_the_type_table();

@@ -1,5 +1,5 @@
 // Internal interface between the matmul driver (dsv4-matmul.cpp) and the per-ISA kernels
-// (dsv4-matmul-scalar.cpp, -avx2.cpp, -avx512.cpp).
+// (dsv4-matmul-scalar.cpp, -avx2.cpp, -avx512.cpp, -neon.cpp).
 //
 // This header is included by translation units compiled for different instruction sets, so it
 // holds only declarations, POD structs and `static inline` helpers (internal linkage: each TU
@@ -60,6 +60,9 @@ extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;
 #if defined(__x86_64__)
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx2;
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_neon;
 #endif
 
 // Quantized activation row (n_in a multiple of 32, nb = n_in / 32 blocks), identical in every ISA:

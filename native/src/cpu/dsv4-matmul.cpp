@@ -58,6 +58,9 @@ const dsv4_mm_isa_kernels * isa_kernels(dsv4_isa isa) {
         case DSV4_ISA_AVX512: return &dsv4_mm_kernels_avx512;
         case DSV4_ISA_AVX2:   return &dsv4_mm_kernels_avx2;
 #endif
+#if defined(__aarch64__)
+        case DSV4_ISA_NEON:   return &dsv4_mm_kernels_neon;
+#endif
         default:              return &dsv4_mm_kernels_scalar;
     }
 }
@@ -321,6 +324,10 @@ extern "C" bool dsv4_cpu_isa_supported(dsv4_isa isa) {
                    __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
+#if defined(__aarch64__)
+        case DSV4_ISA_NEON:
+            return true;  // Advanced SIMD is mandatory on AArch64
+#endif
         default:
             return false;
     }
@@ -333,6 +340,9 @@ extern "C" dsv4_isa dsv4_cpu_best_isa(void) {
     if (dsv4_cpu_isa_supported(DSV4_ISA_AVX2)) {
         return DSV4_ISA_AVX2;
     }
+    if (dsv4_cpu_isa_supported(DSV4_ISA_NEON)) {
+        return DSV4_ISA_NEON;
+    }
     return DSV4_ISA_SCALAR;
 }
 
@@ -342,6 +352,7 @@ extern "C" const char * dsv4_isa_name(dsv4_isa isa) {
         case DSV4_ISA_SCALAR: return "scalar";
         case DSV4_ISA_AVX2:   return "avx2";
         case DSV4_ISA_AVX512: return "avx512";
+        case DSV4_ISA_NEON:   return "neon";
         default:              return "unknown";
     }
 }

@@ -18,7 +18,8 @@
 //     exact product to within float rounding (the mode for checking against a reference).
 //
 // Every kernel has a scalar reference (DSV4_ISA_SCALAR, any CPU); AVX2 (+FMA, F16C) and AVX-512
-// (F, BW, VL, VNNI) variants live in their own translation units and are chosen at run time.
+// (F, BW, VL, VNNI) variants live in their own translation units and are chosen at run time; on
+// AArch64 a baseline NEON variant is always used.
 #pragma once
 
 #include "dsv4-types.h"
@@ -38,6 +39,7 @@ enum dsv4_isa : int32_t {
     DSV4_ISA_SCALAR = 1,  // portable C++, the reference
     DSV4_ISA_AVX2   = 2,  // x86-64: AVX2 + FMA + F16C
     DSV4_ISA_AVX512 = 3,  // x86-64: AVX-512 F + BW + VL + VNNI (and the AVX2 set)
+    DSV4_ISA_NEON   = 4,  // AArch64: baseline Advanced SIMD (always present there)
 };
 
 // One weight matrix [n_out, n_in] (or, with n_expert > 1, a stack of experts [n_expert, n_out,
