@@ -392,6 +392,36 @@ extern "C" size_t dsv4_matmul_moe_scratch_size(const dsv4_weight * w, int64_t n_
     return scratch_bytes(w->type, type_quantizes_x(w->type), w->n_in, n_x_rows, max_rows_per_expert, n_threads);
 }
 
+// The activation/output rows of one call (shared by dsv4_matmul and dsv4_matmul_moe): plain f32
+// rows, plus, when the kernel is integer (qx), the activations quantized once into scratch at *p
+// (which advances past them). rows->n is left 0 for the caller to set.
+static dsv4_status prepare_rows(const dsv4_mm_isa_kernels * kern, const dsv4_weight * w, dsv4_threadpool * pool,
+                                bool qx, const float * x, int64_t x_stride, int64_t n_x_rows, float * y,
+                                int64_t y_stride, uint8_t ** p, dsv4_mm_rows * rows) {
+    rows->n = 0;
+    rows->x = x;
+    rows->x_stride = x_stride;
+    rows->xq = nullptr;
+    rows->xq_stride = 0;
+    rows->x_idx = nullptr;
+    rows->y = y;
+    rows->y_stride = y_stride;
+    rows->y_idx = nullptr;
+    if (!qx) {
+        return DSV4_OK;
+    }
+    quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, *p,
+                        dsv4_mm_xq_row_bytes(w->n_in) };
+    dsv4_status st = run_quantize(pool, &q);
+    if (st != DSV4_OK) {
+        return st;
+    }
+    rows->xq = *p;
+    rows->xq_stride = (int64_t) q.xq_stride;
+    *p += align64(q.xq_stride * (size_t) n_x_rows);
+    return DSV4_OK;
+}
+
 extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4_weight * w, const float * x,
                                    int64_t x_stride, float * y, int64_t y_stride, int64_t n_rows) {
     static const char * fn = "dsv4_matmul";
@@ -431,25 +461,10 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     dense_task t;
     t.kernel = kernel_for(kern, w->type, qx);
     t.w = expert_view(w, 0);
-    t.rows.n = n_rows;
-    t.rows.x = x;
-    t.rows.x_stride = x_stride;
-    t.rows.xq = nullptr;
-    t.rows.xq_stride = 0;
-    t.rows.x_idx = nullptr;
-    t.rows.y = y;
-    t.rows.y_stride = y_stride;
-    t.rows.y_idx = nullptr;
-    if (qx) {
-        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_rows, w->n_in, p,
-                            dsv4_mm_xq_row_bytes(w->n_in) };
-        if ((st = run_quantize(pool, &q)) != DSV4_OK) {
-            return st;
-        }
-        t.rows.xq = p;
-        t.rows.xq_stride = (int64_t) q.xq_stride;
-        p += align64(q.xq_stride * (size_t) n_rows);
+    if ((st = prepare_rows(kern, w, pool, qx, x, x_stride, n_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
+        return st;
     }
+    t.rows.n = n_rows;
     t.tmp = p;
     t.tmp_stride = dsv4_mm_tmp_bytes(w->type, w->n_in, n_rows);
 
@@ -524,24 +539,8 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     t.kernel = kernel_for(kern, w->type, qx);
     t.w = w;
     t.routes = routes;
-    t.rows.n = 0;
-    t.rows.x = x;
-    t.rows.x_stride = x_stride;
-    t.rows.xq = nullptr;
-    t.rows.xq_stride = 0;
-    t.rows.x_idx = nullptr;
-    t.rows.y = y;
-    t.rows.y_stride = y_stride;
-    t.rows.y_idx = nullptr;
-    if (qx) {
-        quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, p,
-                            dsv4_mm_xq_row_bytes(w->n_in) };
-        if ((st = run_quantize(pool, &q)) != DSV4_OK) {
-            return st;
-        }
-        t.rows.xq = p;
-        t.rows.xq_stride = (int64_t) q.xq_stride;
-        p += align64(q.xq_stride * (size_t) n_x_rows);
+    if ((st = prepare_rows(kern, w, pool, qx, x, x_stride, n_x_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
+        return st;
     }
     t.tmp = p;
     t.tmp_stride = dsv4_mm_tmp_bytes(w->type, w->n_in, max_rows);
