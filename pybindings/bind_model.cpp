@@ -156,6 +156,82 @@ struct py_context {
         return d;
     }
 
+    // Test hooks for the DSpark draft forward pass (dsv4-dspark.h).
+    dsv4_draft * draft() const {
+        dsv4_context * c = get();
+        if (!c->draft) throw py::value_error("the model has no DSpark draft");
+        return c->draft;
+    }
+
+    void draft_inject(const py::array_t<float, py::array::c_style | py::array::forcecast> & feats, int32_t pos0) {
+        dsv4_draft * dr = draft();
+        const int64_t n_feat = (int64_t) dsv4_model_n_tap(m.get()) * dsv4_model_n_embd(m.get());
+        if (feats.ndim() != 2 || feats.shape(1) != n_feat) throw py::value_error("features must be [n, n_tap * n_embd]");
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_draft_inject(dr, feats.data(), (int32_t) feats.shape(0), pos0);
+        }
+        check(st);
+    }
+
+    py::tuple draft_block(int32_t anchor, int32_t p, int32_t gamma) {
+        dsv4_draft * dr = draft();
+        if (gamma <= 0) gamma = m->dspark.block_size;
+        if (gamma <= 0 || gamma > dr->max_gamma) throw py::value_error("gamma out of range");
+        py::array_t<float> logits({(py::ssize_t) gamma, (py::ssize_t) m->hp.n_vocab});
+        py::array_t<float> x_post({(py::ssize_t) gamma, (py::ssize_t) m->hp.n_embd});
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_draft_block(dr, anchor, p, gamma, logits.mutable_data(), x_post.mutable_data());
+        }
+        check(st);
+        return py::make_tuple(logits, x_post);
+    }
+
+    py::tuple draft_heads(const py::array_t<float, py::array::c_style | py::array::forcecast> & base,
+                          const py::array_t<float, py::array::c_style | py::array::forcecast> & x_post, int32_t anchor,
+                          const py::object & drafts_obj) {
+        dsv4_draft * dr = draft();
+        const auto drafts = int32_arg(drafts_obj, "drafts");
+        const int32_t gamma = (int32_t) drafts.size();
+        if (base.ndim() != 2 || base.shape(0) != gamma || base.shape(1) != m->hp.n_vocab || x_post.ndim() != 2 ||
+            x_post.shape(0) != gamma || x_post.shape(1) != m->hp.n_embd) {
+            throw py::value_error("base_logits [gamma, V], x_post [gamma, d], drafts [gamma]");
+        }
+        py::array_t<float> markov({(py::ssize_t) gamma, (py::ssize_t) m->hp.n_vocab});
+        py::object conf_obj = py::none();
+        float * conf = nullptr;
+        if (m->conf_proj.data) {
+            py::array_t<float> ca((py::ssize_t) gamma);
+            conf = ca.mutable_data();
+            conf_obj = ca;
+        }
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_draft_heads(dr, base.data(), x_post.data(), anchor, drafts.data(), gamma, markov.mutable_data(), conf);
+        }
+        check(st);
+        return py::make_tuple(markov, conf_obj);
+    }
+
+    py::tuple draft_greedy(const py::array_t<float, py::array::c_style | py::array::forcecast> & base, int32_t anchor) {
+        dsv4_draft * dr = draft();
+        if (base.ndim() != 2 || base.shape(1) != m->hp.n_vocab) throw py::value_error("base_logits must be [gamma, V]");
+        const int32_t gamma = (int32_t) base.shape(0);
+        py::array_t<int32_t> drafts((py::ssize_t) gamma);
+        py::array_t<float> logits({(py::ssize_t) gamma, (py::ssize_t) m->hp.n_vocab});
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_draft_greedy(dr, base.data(), anchor, gamma, drafts.mutable_data(), logits.mutable_data());
+        }
+        check(st);
+        return py::make_tuple(drafts, logits);
+    }
+
     // Test hook: the logical cache state of target layer il (dsv4-kv-cache.h).
     py::dict layer_state(int32_t il) const {
         dsv4_layer_state s;
@@ -211,5 +287,13 @@ void dsv4_bind_model(py::module_ & m) {
         .def("memory", &py_context::memory, "Bytes: weight_bytes, cache_bytes, cache_bytes_per_token, scratch_bytes.")
         .def("_layer_state", &py_context::layer_state, py::arg("layer"),
              "Test hook: the logical cache state of a target layer (window, comp, compressor inputs, indexer).")
+        .def("_draft_inject", &py_context::draft_inject, py::arg("features"), py::arg("pos0"),
+             "Test hook: inject feature rows [n, n_tap*d] at pos0.. into the DSpark rings.")
+        .def("_draft_block", &py_context::draft_block, py::arg("anchor"), py::arg("p"), py::arg("gamma") = 0,
+             "Test hook: DSpark block pass -> (base_logits [gamma, V], x_post [gamma, d]); gamma 0 = trained.")
+        .def("_draft_heads", &py_context::draft_heads, py::arg("base_logits"), py::arg("x_post"), py::arg("anchor"),
+             py::arg("drafts"), "Test hook: -> (Markov-corrected logits [gamma, V], confidences [gamma] or None).")
+        .def("_draft_greedy", &py_context::draft_greedy, py::arg("base_logits"), py::arg("anchor"),
+             "Test hook: T = 0 chain -> (drafts [gamma] int32, logits [gamma, V]).")
         .def("close", &py_context::close, "Free the context now.");
 }

@@ -276,16 +276,9 @@ dsv4_status dsv4_fwd_attn_output(dsv4_forward * f, int32_t il, const float * o, 
     return dsv4_fwd_matmul(f, &f->model->layers[(size_t) il].wo_b, f->z, G * ol, out, hp.n_embd, n);
 }
 
-dsv4_status dsv4_fwd_attention(dsv4_forward * f, dsv4_kv_cache * cache, int32_t il, const float * xn, int32_t n,
-                               int32_t pos0, float * out) {
-    const dsv4_model * m = f->model;
-    const dsv4_hparams & hp = m->hp;
-    const dsv4_layer & L = m->layers[(size_t) il];
-    dsv4_layer_cache & lc = cache->layers[(size_t) il];
+dsv4_status dsv4_fwd_attn_queries(dsv4_forward * f, const dsv4_layer & L, const float * xn, int32_t n, const float * rope) {
+    const dsv4_hparams & hp = f->model->hp;
     const int64_t d = hp.n_embd, H = hp.n_head, hd = hp.head_dim, rd = hp.rope_dim, ql = hp.q_lora_rank;
-    const int64_t W = hp.window;
-    const float * rope = f->rope + (L.ratio > 0 ? (int64_t) f->n_batch * rd : 0);  // §4.6 table of this layer type
-
     // §4.1 q = rope(rmsnorm_per_head(wq_b(q_norm(wq_a(x))))); qr also feeds the indexer.
     dsv4_status st = dsv4_fwd_matmul(f, &L.wq_a, xn, d, f->qa, ql, n);
     if (st != DSV4_OK) return st;
@@ -300,10 +293,34 @@ dsv4_status dsv4_fwd_attention(dsv4_forward * f, dsv4_kv_cache * cache, int32_t 
             dsv4_rope_tail(qh, hd, rd, rope + (it / H) * rd, false);
         }
     });
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_fwd_attn_kv(dsv4_forward * f, const dsv4_layer & L, const float * xn, int32_t n, const float * rope,
+                             float * kv) {
+    const dsv4_hparams & hp = f->model->hp;
+    const int64_t d = hp.n_embd, hd = hp.head_dim, rd = hp.rope_dim;
     // kv = rope(kv_norm(wkv(x))): one latent per token, K and V.
-    if ((st = dsv4_fwd_matmul(f, &L.wkv, xn, d, f->kv, hd, n)) != DSV4_OK) return st;
-    dsv4_fwd_rms_norm(f, f->kv, L.kv_norm, n, (int32_t) hd, f->kv);
-    for (int64_t i = 0; i < n; i++) dsv4_rope_tail(f->kv + i * hd, hd, rd, rope + i * rd, false);
+    dsv4_status st = dsv4_fwd_matmul(f, &L.wkv, xn, d, kv, hd, n);
+    if (st != DSV4_OK) return st;
+    dsv4_fwd_rms_norm(f, kv, L.kv_norm, n, (int32_t) hd, kv);
+    for (int64_t i = 0; i < n; i++) dsv4_rope_tail(kv + i * hd, hd, rd, rope + i * rd, false);
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_fwd_attention(dsv4_forward * f, dsv4_kv_cache * cache, int32_t il, const float * xn, int32_t n,
+                               int32_t pos0, float * out) {
+    const dsv4_model * m = f->model;
+    const dsv4_hparams & hp = m->hp;
+    const dsv4_layer & L = m->layers[(size_t) il];
+    dsv4_layer_cache & lc = cache->layers[(size_t) il];
+    const int64_t hd = hp.head_dim, rd = hp.rope_dim;
+    const int64_t W = hp.window;
+    const float * rope = f->rope + (L.ratio > 0 ? (int64_t) f->n_batch * rd : 0);  // §4.6 table of this layer type
+
+    dsv4_status st = dsv4_fwd_attn_queries(f, L, xn, n, rope);
+    if (st != DSV4_OK) return st;
+    if ((st = dsv4_fwd_attn_kv(f, L, xn, n, rope, f->kv)) != DSV4_OK) return st;
 
     // §4.8 order: compressors first (an entry finished by row t is visible to t), then attention.
     if (L.ratio > 0) {

@@ -19,6 +19,7 @@ int online_cores() {
 
 void destroy(dsv4_context * ctx) {
     if (!ctx) return;
+    dsv4_draft_free(ctx->draft);
     dsv4_forward_free(&ctx->fwd);
     dsv4_kv_cache_free(&ctx->cache);
     dsv4_threadpool_free(ctx->pool);
@@ -41,7 +42,9 @@ dsv4_status init(dsv4_context * ctx, dsv4_model * model, const dsv4_context_para
     dsv4_status st = dsv4_kv_cache_init(&ctx->cache, model, p.n_ctx, DSV4_KV_MAX_ROLLBACK);
     if (st != DSV4_OK) return st;
     ctx->fwd.float_activations = p.float_activations;
-    return dsv4_forward_init(&ctx->fwd, model, ctx->pool, p.n_ctx, p.n_batch);
+    st = dsv4_forward_init(&ctx->fwd, model, ctx->pool, p.n_ctx, p.n_batch);
+    if (st != DSV4_OK) return st;
+    return dsv4_draft_init(&ctx->draft, model, &ctx->fwd);
 }
 
 }  // namespace
@@ -180,6 +183,7 @@ extern "C" dsv4_status dsv4_context_truncate(dsv4_context * ctx, int32_t n_past)
     if (n_past == 0) {
         // A fresh sequence: always possible, whatever was written before.
         dsv4_kv_cache_reset(&ctx->cache, ctx->n_past);
+        if (ctx->draft) dsv4_draft_reset(ctx->draft);
         ctx->n_past = 0;
         return DSV4_OK;
     }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "dsv4.h"
+#include "dsv4-dspark.h"
 #include "dsv4-forward.h"
 #include "dsv4-kv-cache.h"
 #include "dsv4-model.h"
@@ -14,6 +15,7 @@ struct dsv4_context {
     dsv4_threadpool *   pool = nullptr;
     dsv4_kv_cache       cache;
     dsv4_forward        fwd;
+    dsv4_draft *        draft = nullptr;  // DSpark draft state (NULL without a draft)
     int32_t             n_past = 0;
 };
 

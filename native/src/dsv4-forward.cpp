@@ -159,6 +159,13 @@ dsv4_status dsv4_forward_init(dsv4_forward * f, const dsv4_model * model, dsv4_t
     }
     need(f->out_hc_fn, nb);
     need(model->output, nb);
+    if (model->dspark.present) {
+        // DSpark draft (dsv4-dspark.cpp): its heads, and W ring keys + the block's own keys per row.
+        need(model->dspark_fc, nb);
+        need(model->markov_w2, nb);
+        need(model->conf_proj, nb);
+        f->max_keys = std::max<int32_t>(f->max_keys, model->dspark.window + dsv4_fwd_draft_max_gamma(model, n_batch));
+    }
 
     // One allocation; offsets first.
     struct slot {
@@ -239,6 +246,10 @@ void dsv4_forward_free(dsv4_forward * f) {
     f->bytes = 0;
     f->owned.clear();
     f->layers.clear();
+}
+
+int32_t dsv4_fwd_draft_max_gamma(const dsv4_model * model, int32_t n_batch) {
+    return std::min(n_batch, std::max(model->dspark.block_size, 16));
 }
 
 dsv4_matmul_params dsv4_fwd_matmul_params(const dsv4_forward * f) {
@@ -374,6 +385,33 @@ void dsv4_fwd_hc_post(dsv4_forward * f, const float * x, const float * h, const 
     });
 }
 
+dsv4_status dsv4_fwd_hc_head(dsv4_forward * f, const dsv4_weight * fn, const float * base, const float * scale,
+                             const float * h, int32_t n, float * y) {
+    const dsv4_hparams & hp = f->model->hp;
+    const int64_t d = hp.n_embd, hc = hp.hc_mult;
+    dsv4_status st = dsv4_fwd_matmul(f, fn, h, hc * d, f->mix, hc, n);
+    if (st != DSV4_OK) {
+        return st;
+    }
+    const float eps = hp.norm_eps, hc_eps = hp.hc_eps;
+    dsv4_parallel_for(f->pool, n, 2, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++) {
+            const float * hr = h + i * hc * d;
+            const float r = dsv4_rms_inv(hr, hc * d, eps);
+            float * yr = y + i * d;
+            for (int64_t j = 0; j < hc; j++) {
+                const float pre = dsv4_sigmoid(f->mix[i * hc + j] * r * scale[0] + base[j]) + hc_eps;
+                if (j == 0) {
+                    for (int64_t c = 0; c < d; c++) yr[c] = pre * hr[c];
+                } else {
+                    dsv4_axpy(yr, pre, hr + j * d, d);
+                }
+            }
+        }
+    });
+    return DSV4_OK;
+}
+
 namespace {
 
 // token_embd row gather (any type with a row decoder; FP8 gets its tile scales).
@@ -396,6 +434,14 @@ void embed_rows(dsv4_forward * f, const int32_t * tokens, int32_t n, float * h) 
     });
 }
 
+}  // namespace
+
+void dsv4_fwd_embed_rows(dsv4_forward * f, const int32_t * tokens, int32_t n, float * h) {
+    embed_rows(f, tokens, n, h);
+}
+
+namespace {
+
 // §3.4 hc_head + final norm + head for the requested rows.
 // hs: a free [n_batch, hc, d] buffer for the gathered rows.
 dsv4_status head(dsv4_forward * f, const float * h, float * hs, const dsv4_logit_req * req, int32_t n_req, float * logits) {
@@ -408,28 +454,11 @@ dsv4_status head(dsv4_forward * f, const float * h, float * hs, const dsv4_logit
         for (int32_t r = 0; r < nr; r++) {
             memcpy(hs + (int64_t) r * hc * d, h + (int64_t) req[r0 + r].row * hc * d, (size_t) (hc * d) * sizeof(float));
         }
-        dsv4_status st = dsv4_fwd_matmul(f, &f->out_hc_fn, hs, hc * d, f->mix, hc, nr);
+        dsv4_status st = dsv4_fwd_hc_head(f, &f->out_hc_fn, m->output_hc_base, m->output_hc_scale, hs, nr, f->y);
         if (st != DSV4_OK) {
             return st;
         }
-        const float eps = hp.norm_eps, hc_eps = hp.hc_eps;
-        dsv4_parallel_for(f->pool, nr, 2, [&](int64_t i0, int64_t i1, int) {
-            for (int64_t i = i0; i < i1; i++) {
-                const float * hr = hs + i * hc * d;
-                const float r = dsv4_rms_inv(hr, hc * d, eps);
-                float * y = f->y + i * d;
-                for (int64_t j = 0; j < hc; j++) {
-                    const float pre = dsv4_sigmoid(f->mix[i * hc + j] * r * m->output_hc_scale[0] + m->output_hc_base[j]) + hc_eps;
-                    if (j == 0) {
-                        for (int64_t c = 0; c < d; c++) y[c] = pre * hr[c];
-                    } else {
-                        dsv4_axpy(y, pre, hr + j * d, d);
-                    }
-                }
-                const float rn = dsv4_rms_inv(y, d, eps);
-                for (int64_t c = 0; c < d; c++) y[c] = y[c] * rn * m->output_norm[c];
-            }
-        });
+        dsv4_fwd_rms_norm(f, f->y, m->output_norm, nr, (int32_t) d, f->y);
         // One head matmul per run of consecutive output rows.
         for (int32_t a = r0; a < r1;) {
             int32_t b = a + 1;

@@ -106,11 +106,27 @@ void dsv4_fwd_rms_norm(dsv4_forward * f, const float * x, const float * w, int32
 void dsv4_fwd_attn_core(dsv4_forward * f, const float * q, int32_t n, const float * const * keys,
                         const int32_t * n_keys, int32_t max_keys, const float * sinks, const float * rope, float * o);
 
+// §4.1 for block L: f->qa = q_norm(wq_a xn), f->q [n, H*hd] = RoPE(per-head RMS(wq_b qa)).
+dsv4_status dsv4_fwd_attn_queries(dsv4_forward * f, const dsv4_layer & L, const float * xn, int32_t n, const float * rope);
+// §4.1 kv [n, hd] = RoPE(kv_norm(wkv xn)) (rope: per row, as for the core).
+dsv4_status dsv4_fwd_attn_kv(dsv4_forward * f, const dsv4_layer & L, const float * xn, int32_t n, const float * rope,
+                             float * kv);
+
 // §4.3: z = grouped wo_a(o), out = wo_b(z) for block il.
 dsv4_status dsv4_fwd_attn_output(dsv4_forward * f, int32_t il, const float * o, int32_t n, float * out);
 
 // §5: out [n, d] = routed experts + shared expert of block il.
 dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const int32_t * tokens, int32_t n, float * out);
+
+// §3.4 hc_head without the final norm: y [n, d] = sum_j pre_j h_j, pre from fn/base/scale.
+dsv4_status dsv4_fwd_hc_head(dsv4_forward * f, const dsv4_weight * fn, const float * base, const float * scale,
+                             const float * h, int32_t n, float * y);
+
+// token_embd rows of tokens, repeated into the hc copies: h [n, hc, d].
+void dsv4_fwd_embed_rows(dsv4_forward * f, const int32_t * tokens, int32_t n, float * h);
+
+// Largest DSpark block a context of this n_batch runs (its key scratch is sized for it).
+int32_t dsv4_fwd_draft_max_gamma(const dsv4_model * model, int32_t n_batch);
 
 // cos/sin rows for positions pos0 .. pos0 + n - 1 of RoPE table `table` into rope [n][rd].
 void dsv4_fwd_rope_rows(const dsv4_forward * f, int table, int64_t pos0, int32_t n, float * rope);
