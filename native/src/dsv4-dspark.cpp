@@ -82,7 +82,7 @@ dsv4_status dsv4_draft_inject(dsv4_draft * d, const float * features, int32_t n,
         return dsv4_set_error(DSV4_ERR_INVALID_ARG, "draft inject: pos0 %d is not after the last position held (%d)", pos0,
                               held);
     }
-    const int64_t dd = hp.n_embd, hd = hp.head_dim, rd = hp.rope_dim;
+    const int64_t dd = hp.n_embd, hd = hp.head_dim;
     const int64_t n_feat = (int64_t) m->dspark.target_layer_ids.size() * dd;
     const int32_t first = std::max(0, n - d->W);  // earlier rows would be overwritten anyway
     for (int32_t c0 = first; c0 < n; c0 += f->n_batch) {
@@ -103,7 +103,6 @@ dsv4_status dsv4_draft_inject(dsv4_draft * d, const float * features, int32_t n,
         }
         for (int32_t i = 0; i < nc; i++) d->ring_pos[(size_t) (((int64_t) pos0 + c0 + i) % d->W)] = pos0 + c0 + i;
     }
-    (void) rd;
     return DSV4_OK;
 }
 
