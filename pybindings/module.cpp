@@ -162,10 +162,12 @@ py::array decode_e2m1(const py::object & obj) {
 template <typename In>
 py::array elementwise_to_float(dsv4_type type, const py::array_t<In, py::array::c_style> & in) {
     floats_t out(shape_of(in));
+    // nbytes() goes through dtype(), a new Python reference: take it before the GIL is released.
+    const size_t in_bytes = (size_t) in.nbytes();
     dsv4_status st;
     {
         py::gil_scoped_release release;
-        st = dsv4_type_to_float(type, in.data(), (size_t) in.nbytes(), out.mutable_data(), in.size());
+        st = dsv4_type_to_float(type, in.data(), in_bytes, out.mutable_data(), in.size());
     }
     check(st);
     return std::move(out);
@@ -173,10 +175,11 @@ py::array elementwise_to_float(dsv4_type type, const py::array_t<In, py::array::
 
 py::array elementwise_from_float(dsv4_type type, const floats_t & in) {
     u16_t out(shape_of(in));
+    const size_t out_bytes = (size_t) out.nbytes();  // dtype() reference: with the GIL held
     dsv4_status st;
     {
         py::gil_scoped_release release;
-        st = dsv4_type_from_float(type, in.data(), in.size(), out.mutable_data(), (size_t) out.nbytes());
+        st = dsv4_type_from_float(type, in.data(), in.size(), out.mutable_data(), out_bytes);
     }
     check(st);
     return std::move(out);
