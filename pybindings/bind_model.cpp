@@ -9,6 +9,7 @@
 
 #include "bind_common.h"
 #include "dsv4-context.h"
+#include "dsv4-spec.h"
 #include "dsv4.h"
 
 #include <cstring>
@@ -156,6 +157,51 @@ struct py_context {
         return d;
     }
 
+    py::tuple generate(const py::object & prompt_obj, int32_t max_tokens, float temperature, int32_t top_k, float top_p,
+                       uint64_t seed, bool speculative, int32_t draft_max, bool ignore_eos) {
+        dsv4_context * c = get();
+        const auto prompt = int32_arg(prompt_obj, "prompt");
+        if (max_tokens < 0) throw py::value_error("max_tokens must be >= 0");
+        dsv4_generate_params p = dsv4_generate_default_params();
+        p.max_tokens = max_tokens;
+        p.temperature = temperature;
+        p.top_k = top_k;
+        p.top_p = top_p;
+        p.seed = seed;
+        p.speculative = speculative;
+        p.draft_max = draft_max;
+        p.ignore_eos = ignore_eos;
+        std::vector<int32_t> out((size_t) max_tokens);
+        int32_t n_out = 0;
+        dsv4_generate_stats s;
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_generate(c, prompt.size() ? prompt.data() : nullptr, (int32_t) prompt.size(), &p, out.data(),
+                               max_tokens, &n_out, &s, nullptr, nullptr);
+        }
+        check(st);
+        py::array_t<int32_t> tokens((py::ssize_t) n_out);
+        if (n_out) std::memcpy(tokens.mutable_data(), out.data(), (size_t) n_out * sizeof(int32_t));
+        static const char * reasons[] = {"max_tokens", "eos", "context_full", "interrupted"};
+        py::dict d;
+        d["n_prompt"] = s.n_prompt;
+        d["n_generated"] = s.n_generated;
+        d["rounds"] = s.rounds;
+        d["drafted"] = s.drafted;
+        d["accepted"] = s.accepted;
+        py::list at;
+        for (int32_t k = 0; k < DSV4_MAX_DRAFT; k++) at.append(s.accepted_at[k]);
+        d["accepted_at"] = at;
+        d["tau"] = s.tau;
+        d["prefill_s"] = s.prefill_s;
+        d["draft_s"] = s.draft_s;
+        d["verify_s"] = s.verify_s;
+        d["total_s"] = s.total_s;
+        d["stop_reason"] = std::string(s.stop_reason >= 0 && s.stop_reason < 4 ? reasons[s.stop_reason] : "?");
+        return py::make_tuple(tokens, d);
+    }
+
     // Test hooks for the DSpark draft forward pass (dsv4-dspark.h).
     dsv4_draft * draft() const {
         dsv4_context * c = get();
@@ -295,5 +341,11 @@ void dsv4_bind_model(py::module_ & m) {
              py::arg("drafts"), "Test hook: -> (Markov-corrected logits [gamma, V], confidences [gamma] or None).")
         .def("_draft_greedy", &py_context::draft_greedy, py::arg("base_logits"), py::arg("anchor"),
              "Test hook: T = 0 chain -> (drafts [gamma] int32, logits [gamma, V]).")
+        .def("generate", &py_context::generate, py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature") = 0.0f,
+             py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("speculative") = true,
+             py::arg("draft_max") = 0, py::arg("ignore_eos") = false,
+             "Generate up to max_tokens after a fresh prompt (plain or DSpark speculative; the context is reset). "
+             "Returns (tokens int32, stats dict: rounds, drafted, accepted, accepted_at, tau, prefill_s, draft_s, "
+             "verify_s, total_s, stop_reason).")
         .def("close", &py_context::close, "Free the context now.");
 }

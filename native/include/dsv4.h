@@ -108,6 +108,59 @@ typedef struct dsv4_memory_report {
 
 dsv4_status dsv4_context_memory(const dsv4_context * ctx, dsv4_memory_report * out);
 
+// ---------------------------------------------------------------------------------------------
+// Generation: prompt ids -> generated ids, plain (one token per target decode) or speculative with
+// the DSpark draft (draft a block, verify it in one target decode, accept a prefix, roll back the
+// rest). Both use the same sampler, so at temperature 0 they give the same tokens; at T > 0 the
+// speculative loop uses rejection sampling and samples from the same distribution. The context is
+// reset (truncated to 0) first; its sampler RNG is seeded with params.seed.
+
+#define DSV4_MAX_DRAFT 32
+
+typedef struct dsv4_generate_params {
+    int32_t  max_tokens;    // generated tokens at most (the EOS token included)
+    float    temperature;   // 0: greedy (argmax, lowest id on ties)
+    int32_t  top_k;         // <= 0: no top-k filter
+    float    top_p;         // >= 1: no nucleus filter
+    uint64_t seed;          // sampler RNG seed
+    bool     speculative;   // use the DSpark draft (the model must have one)
+    int32_t  draft_max;     // drafts per round; <= 0: the trained block size (capped by it)
+    bool     ignore_eos;    // keep generating past the EOS token
+} dsv4_generate_params;
+
+dsv4_generate_params dsv4_generate_default_params(void);
+
+typedef enum dsv4_stop_reason {
+    DSV4_STOP_MAX_TOKENS   = 0,
+    DSV4_STOP_EOS          = 1,
+    DSV4_STOP_CONTEXT_FULL = 2,  // the caches hold n_ctx positions
+    DSV4_STOP_INTERRUPTED  = 3,  // the callback returned false
+} dsv4_stop_reason;
+
+typedef struct dsv4_generate_stats {
+    int32_t n_prompt;
+    int32_t n_generated;
+    int32_t rounds;                       // target verify (or plain decode) calls after the prefill
+    int64_t drafted;                      // draft tokens proposed
+    int64_t accepted;                     // draft tokens accepted
+    int64_t accepted_at[DSV4_MAX_DRAFT];  // rounds in which draft k (0-based) was accepted
+    double  tau;                          // tokens per round: accepted / rounds + 1
+    double  prefill_s, draft_s, verify_s, total_s;
+    int32_t stop_reason;                  // dsv4_stop_reason
+} dsv4_generate_stats;
+
+// Called with each generated token as it is decided; returning false stops the generation with
+// DSV4_ERR_INTERRUPTED (tokens so far are in out_tokens / n_out / stats).
+typedef bool (*dsv4_token_callback)(int32_t token, void * user_data);
+
+// Writes the first max_out generated tokens to out_tokens (may be NULL with max_out 0), their
+// count to *n_out, and statistics to *stats (either may be NULL). Speculative on a context without
+// a draft is DSV4_ERR_INVALID_ARG.
+dsv4_status dsv4_generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                          const dsv4_generate_params * params, int32_t * out_tokens, int32_t max_out,
+                          int32_t * n_out, dsv4_generate_stats * stats, dsv4_token_callback token_callback,
+                          void * user_data);
+
 #ifdef __cplusplus
 }
 #endif

@@ -37,6 +37,7 @@ dsv4_status init(dsv4_context * ctx, dsv4_model * model, const dsv4_context_para
     }
     ctx->model = model;
     ctx->params = p;
+    dsv4_rng_seed(&ctx->rng, p.seed);
     ctx->pool = dsv4_threadpool_init(p.n_threads);
     if (!ctx->pool) return DSV4_ERR_NO_MEMORY;  // the pool set the message
     dsv4_status st = dsv4_kv_cache_init(&ctx->cache, model, p.n_ctx, DSV4_KV_MAX_ROLLBACK);

@@ -7,6 +7,7 @@
 #include "dsv4-forward.h"
 #include "dsv4-kv-cache.h"
 #include "dsv4-model.h"
+#include "dsv4-sampling.h"
 #include "cpu/dsv4-threadpool.h"
 
 struct dsv4_context {
@@ -17,6 +18,7 @@ struct dsv4_context {
     dsv4_forward        fwd;
     dsv4_draft *        draft = nullptr;  // DSpark draft state (NULL without a draft)
     int32_t             n_past = 0;
+    dsv4_rng            rng;              // sampler state (seeded from params.seed, reseeded by generate)
 };
 
 // The logical cache state of target layer il at the current n_past (tests: truncation must give

@@ -96,6 +96,26 @@ class Model:
         logits, _ = self._ctx.decode(tokens, 0, rows, False)
         return logits
 
+    def generate(self, prompt_ids: Sequence[int] | np.ndarray, max_tokens: int = 256, *, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int = 0, speculative: bool = True,
+                 draft_max: int | None = None, ignore_eos: bool = False) -> tuple[list[int], dict[str, Any]]:
+        """Generate up to max_tokens token ids after prompt_ids (stops at EOS unless ignore_eos).
+
+        speculative=True drafts with the DSpark head and verifies each block in one target pass (same
+        tokens as plain decoding at temperature 0; same distribution at T > 0). Returns (token ids,
+        stats: rounds, drafted, accepted, accepted_at, tau, prefill_s, draft_s, verify_s, total_s,
+        stop_reason)."""
+        tokens = self._check_tokens(prompt_ids)
+        if tokens.size == 0:
+            raise ValueError("prompt_ids is empty")
+        if tokens.size > self.n_ctx:
+            raise ContextOverflowError(f"{tokens.size} prompt tokens do not fit in the context of {self.n_ctx}")
+        if speculative and not self.has_draft:
+            raise ValueError("speculative=True needs a model with its DSpark draft (loaded with load_draft=True)")
+        out, stats = self._ctx.generate(tokens, int(max_tokens), float(temperature), int(top_k), float(top_p),
+                                        int(seed), bool(speculative), int(draft_max or 0), bool(ignore_eos))
+        return [int(t) for t in out], dict(stats)
+
     # -- lifetime --------------------------------------------------------------------------------
     def close(self) -> None:
         """Free the native context and unmap the weights now (instead of at garbage collection)."""

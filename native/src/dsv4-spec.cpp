@@ -1,0 +1,290 @@
+// The speculative loop and the generation driver (dsv4-spec.h, dsv4_generate in dsv4.h).
+#include "dsv4-spec.h"
+
+#include "dsv4-impl.h"
+#include "dsv4-sampling.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <chrono>
+#include <new>
+
+namespace {
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int64_t n_feat_of(const dsv4_context * ctx) {
+    return (int64_t) ctx->model->dspark.target_layer_ids.size() * ctx->model->hp.n_embd;
+}
+
+}  // namespace
+
+dsv4_status dsv4_spec_state_init(dsv4_spec_state * s, const dsv4_context * ctx, int32_t gamma_max, bool features) {
+    const int64_t V = ctx->model->hp.n_vocab, d = ctx->model->hp.n_embd;
+    const int64_t g = std::max<int32_t>(gamma_max, 0);
+    s->gamma_max = (int32_t) g;
+    s->logits.assign((size_t) ((g + 1) * V), 0.0f);
+    if (features) s->feats.assign((size_t) ((g + 1) * n_feat_of(ctx)), 0.0f);
+    s->base.assign((size_t) (std::max<int64_t>(g, 1) * V), 0.0f);
+    s->x_post.assign((size_t) (std::max<int64_t>(g, 1) * d), 0.0f);
+    s->q.assign((size_t) (std::max<int64_t>(g, 1) * V), 0.0f);
+    s->row.assign((size_t) V, 0.0f);
+    s->p.assign((size_t) V, 0.0f);
+    s->drafts.assign((size_t) std::max<int64_t>(g, 1), 0);
+    return DSV4_OK;
+}
+
+void dsv4_target_probs(const float * logits, int64_t V, const dsv4_sampler_cfg & cfg, float * probs,
+                       std::vector<int32_t> & idx) {
+    dsv4_softmax(logits, V, cfg.temperature, probs);
+    dsv4_top_k_top_p(probs, V, cfg.top_k, cfg.top_p, idx);
+}
+
+int32_t dsv4_sample_logits(dsv4_context * ctx, const float * logits, const dsv4_sampler_cfg & cfg, dsv4_spec_state * s) {
+    const int64_t V = ctx->model->hp.n_vocab;
+    if (cfg.temperature <= 0.0f) return dsv4_argmax(logits, V);
+    dsv4_target_probs(logits, V, cfg, s->p.data(), s->idx);
+    return dsv4_sample(s->p.data(), V, &ctx->rng);
+}
+
+dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
+                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out) {
+    const int64_t V = ctx->model->hp.n_vocab;
+    const int32_t start = ctx->n_past;
+    const bool greedy = cfg.temperature <= 0.0f;
+    if (gamma < 0 || gamma > s->gamma_max || (gamma > 0 && !ctx->draft)) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "spec step: gamma %d outside [0, %d] (or no draft)", gamma, s->gamma_max);
+    }
+    if (inject && s->feats.empty()) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "spec step: no feature buffer");
+    dsv4_status st;
+
+    // 1. Draft: block pass at p = start - 1 ([anchor, noise...] at start .. start + gamma - 1), Markov chain.
+    double t0 = now_s();
+    int32_t * x = s->drafts.data();
+    if (gamma > 0) {
+        dsv4_draft * dr = ctx->draft;
+        if ((st = dsv4_draft_block(dr, anchor, start - 1, gamma, s->base.data(), s->x_post.data())) != DSV4_OK) return st;
+        if (greedy) {
+            if ((st = dsv4_draft_greedy(dr, s->base.data(), anchor, gamma, x, nullptr)) != DSV4_OK) return st;
+        } else {
+            int32_t prev = anchor;
+            for (int32_t k = 0; k < gamma; k++) {
+                // ℓ_k = U_k + W2 W1[prev_k]; x_k ~ q_k = softmax(ℓ_k / T) (unfiltered: q is what x_k is drawn from).
+                st = dsv4_draft_heads(dr, s->base.data() + (int64_t) k * V, nullptr, prev, nullptr, 1, s->row.data(), nullptr);
+                if (st != DSV4_OK) return st;
+                float * qk = s->q.data() + (int64_t) k * V;
+                dsv4_softmax(s->row.data(), V, cfg.temperature, qk);
+                x[k] = dsv4_sample(qk, V, &ctx->rng);
+                prev = x[k];
+            }
+        }
+    }
+    double t1 = now_s();
+    s->draft_s += t1 - t0;
+
+    // 2. Verify [anchor, x_1..x_gamma] at start .. start + gamma in one target decode.
+    std::vector<int32_t> toks((size_t) gamma + 1), rows((size_t) gamma + 1);
+    toks[0] = anchor;
+    for (int32_t k = 0; k < gamma; k++) toks[(size_t) k + 1] = x[k];
+    for (int32_t k = 0; k <= gamma; k++) rows[(size_t) k] = k;
+    st = dsv4_decode(ctx, toks.data(), gamma + 1, start, rows.data(), gamma + 1, s->logits.data(),
+                     inject ? s->feats.data() : nullptr);
+    if (st != DSV4_OK) return st;
+
+    // 3. Accept.
+    int32_t n = 0, y = -1;
+    if (greedy) {
+        while (n < gamma && x[n] == dsv4_argmax(s->logits.data() + (int64_t) n * V, V)) n++;
+        y = dsv4_argmax(s->logits.data() + (int64_t) n * V, V);
+    } else {
+        float * p = s->p.data();
+        for (; n < gamma; n++) {
+            dsv4_target_probs(s->logits.data() + (int64_t) n * V, V, cfg, p, s->idx);
+            const float * qk = s->q.data() + (int64_t) n * V;
+            const double px = p[x[n]], qx = std::max((double) qk[x[n]], 1e-8);
+            const double u = dsv4_rng_uniform(&ctx->rng);
+            if (u < std::min(1.0, px / qx)) continue;
+            // Rejected: y ~ norm(max(0, p - q)), or p when the residual has no mass.
+            double mass = 0.0;
+            for (int64_t v = 0; v < V; v++) {
+                const float r = std::max(0.0f, p[v] - qk[v]);
+                s->row[(size_t) v] = r;
+                mass += r;
+            }
+            y = dsv4_sample(mass > 1e-8 ? s->row.data() : p, V, &ctx->rng);
+            break;
+        }
+        if (n == gamma) {
+            dsv4_target_probs(s->logits.data() + (int64_t) gamma * V, V, cfg, p, s->idx);
+            y = dsv4_sample(p, V, &ctx->rng);
+        }
+    }
+
+    // 4. Commit: keep [anchor, x_1..x_n] (start .. start + n), inject their features.
+    if (n < gamma && (st = dsv4_context_truncate(ctx, start + n + 1)) != DSV4_OK) return st;
+    if (inject && (st = dsv4_draft_inject(ctx->draft, s->feats.data(), n + 1, start)) != DSV4_OK) return st;
+    for (int32_t k = 0; k < n; k++) out[k] = x[k];
+    out[n] = y;
+    *n_out = n + 1;
+    s->verify_s += now_s() - t1;
+    return DSV4_OK;
+}
+
+extern "C" dsv4_generate_params dsv4_generate_default_params(void) {
+    dsv4_generate_params p;
+    p.max_tokens = 256;
+    p.temperature = 0.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.seed = 0;
+    p.speculative = true;
+    p.draft_max = 0;
+    p.ignore_eos = false;
+    return p;
+}
+
+namespace {
+
+dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt, const dsv4_generate_params & gp,
+                     int32_t * out_tokens, int32_t max_out, int32_t * n_out, dsv4_generate_stats & stats,
+                     dsv4_token_callback cb, void * user_data) {
+    const double t_start = now_s();
+    const dsv4_model * m = ctx->model;
+    const int32_t n_ctx = ctx->params.n_ctx;
+    if (!prompt || n_prompt <= 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: empty prompt");
+    if (gp.max_tokens < 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: max_tokens %d < 0", gp.max_tokens);
+    if (!(gp.temperature >= 0.0f) || !isfinite(gp.temperature)) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: temperature must be finite and >= 0");
+    }
+    if (!(gp.top_p > 0.0f)) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: top_p must be > 0");
+    if (max_out < 0 || (max_out > 0 && !out_tokens)) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: max_out %d needs out_tokens", max_out);
+    }
+    if (gp.speculative && !ctx->draft) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: speculative decoding needs the DSpark draft, but this "
+                              "context's model has none (load a file with a draft, with load_draft, or pass "
+                              "speculative = false)");
+    }
+    if (n_prompt > n_ctx) {
+        return dsv4_set_error(DSV4_ERR_CONTEXT_FULL, "dsv4_generate: the prompt of %d tokens does not fit n_ctx = %d",
+                              n_prompt, n_ctx);
+    }
+    int32_t gamma = 0;
+    if (gp.speculative) {
+        gamma = m->dspark.block_size;
+        if (gp.draft_max > 0) gamma = std::min(gamma, gp.draft_max);
+        gamma = std::min(std::min(gamma, ctx->draft->max_gamma), (int32_t) DSV4_MAX_DRAFT);
+        gamma = std::min(gamma, (int32_t) DSV4_KV_MAX_ROLLBACK);  // a round rolls back at most gamma rows
+        gamma = std::max(gamma, 0);
+    }
+    const dsv4_sampler_cfg cfg{gp.temperature, gp.top_k, gp.top_p};
+    const int32_t eos = gp.ignore_eos ? -1 : m->hp.eos_id;
+    stats.n_prompt = n_prompt;
+    dsv4_rng_seed(&ctx->rng, gp.seed);
+
+    dsv4_status st = dsv4_context_truncate(ctx, 0);
+    if (st != DSV4_OK) return st;
+    dsv4_spec_state s;
+    dsv4_spec_state_init(&s, ctx, gamma, gp.speculative);
+    const int64_t n_feat = n_feat_of(ctx);
+
+    int32_t produced = 0;
+    bool stop = false;
+    auto emit = [&](int32_t tok) -> dsv4_status {
+        if (produced < max_out) out_tokens[produced] = tok;
+        produced++;
+        stats.n_generated = produced;
+        *n_out = std::min(produced, max_out);
+        if (cb && !cb(tok, user_data)) {
+            stats.stop_reason = DSV4_STOP_INTERRUPTED;
+            return dsv4_set_error(DSV4_ERR_INTERRUPTED, "dsv4_generate: stopped by the token callback after %d tokens",
+                                  produced);
+        }
+        if (tok == eos) {
+            stats.stop_reason = DSV4_STOP_EOS;
+            stop = true;
+        } else if (produced >= gp.max_tokens) {
+            stats.stop_reason = DSV4_STOP_MAX_TOKENS;
+            stop = true;
+        }
+        return DSV4_OK;
+    };
+    if (gp.max_tokens == 0) {
+        stats.stop_reason = DSV4_STOP_MAX_TOKENS;
+        return DSV4_OK;
+    }
+
+    // Prefill: the head of the prompt without outputs, the last <= W rows with features (into the
+    // rings) and the logits of the last row. The same split for plain and speculative runs.
+    const int32_t tail = ctx->draft ? std::min(n_prompt, ctx->draft->W) : n_prompt;
+    if (n_prompt > tail && (st = dsv4_decode(ctx, prompt, n_prompt - tail, 0, nullptr, 0, nullptr, nullptr)) != DSV4_OK) {
+        return st;
+    }
+    std::vector<float> tail_feats(gp.speculative ? (size_t) ((int64_t) tail * n_feat) : 0);
+    const int32_t last = tail - 1;
+    st = dsv4_decode(ctx, prompt + (n_prompt - tail), tail, n_prompt - tail, &last, 1, s.logits.data(),
+                     gp.speculative ? tail_feats.data() : nullptr);
+    if (st != DSV4_OK) return st;
+    if (gp.speculative && (st = dsv4_draft_inject(ctx->draft, tail_feats.data(), tail, n_prompt - tail)) != DSV4_OK) {
+        return st;
+    }
+    int32_t anchor = dsv4_sample_logits(ctx, s.logits.data(), cfg, &s);
+    stats.prefill_s = now_s() - t_start;
+    if ((st = emit(anchor)) != DSV4_OK) return st;
+
+    std::vector<int32_t> round_out((size_t) gamma + 1);
+    while (!stop) {
+        const int32_t start = ctx->n_past;
+        if (start >= n_ctx) {
+            stats.stop_reason = DSV4_STOP_CONTEXT_FULL;
+            break;
+        }
+        // No more drafts than positions left or tokens still wanted (beyond the residual/bonus one).
+        int32_t g = std::min(gamma, n_ctx - 1 - start);
+        g = std::max(0, std::min(g, gp.max_tokens - produced - 1));
+        int32_t n_round = 0;
+        if ((st = dsv4_spec_step(ctx, &s, cfg, anchor, g, gp.speculative, round_out.data(), &n_round)) != DSV4_OK) {
+            return st;
+        }
+        stats.rounds++;
+        stats.draft_s = s.draft_s;
+        stats.verify_s = s.verify_s;
+        stats.drafted += g;
+        stats.accepted += n_round - 1;
+        for (int32_t k = 0; k < n_round - 1; k++) stats.accepted_at[k]++;
+        for (int32_t k = 0; k < n_round && !stop; k++) {
+            if ((st = emit(round_out[(size_t) k])) != DSV4_OK) return st;
+        }
+        anchor = round_out[(size_t) n_round - 1];
+    }
+    return DSV4_OK;
+}
+
+}  // namespace
+
+extern "C" dsv4_status dsv4_generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                                     const dsv4_generate_params * params, int32_t * out_tokens, int32_t max_out,
+                                     int32_t * n_out, dsv4_generate_stats * stats, dsv4_token_callback token_callback,
+                                     void * user_data) {
+    if (!ctx) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: ctx is NULL");
+    const dsv4_generate_params gp = params ? *params : dsv4_generate_default_params();
+    dsv4_generate_stats local;
+    memset(&local, 0, sizeof(local));
+    int32_t n_local = 0;
+    dsv4_status st;
+    const double t0 = now_s();
+    try {
+        st = generate(ctx, prompt, n_prompt, gp, out_tokens, max_out, &n_local, local, token_callback, user_data);
+    } catch (const std::bad_alloc &) {
+        st = dsv4_set_error(DSV4_ERR_NO_MEMORY, "dsv4_generate: out of memory");
+    }
+    local.tau = local.rounds > 0 ? (double) local.accepted / local.rounds + 1.0 : 1.0;
+    local.total_s = now_s() - t0;
+    if (n_out) *n_out = n_local;
+    if (stats) *stats = local;
+    return st;
+}
