@@ -49,3 +49,17 @@ def test_close_frees_and_later_use_raises(converted) -> None:
     model.close()
     with pytest.raises(ValueError, match="closed"):
         model.logits([1, 2])
+
+
+def test_generate_speculative_equals_plain_at_temperature_zero(converted) -> None:
+    prompt = [0, 5, 9, 33, 70, 101, 250]
+    with dsv4.Model(converted(), n_ctx=256, exact=True) as model:
+        plain, plain_stats = model.generate(prompt, max_tokens=120, speculative=False, ignore_eos=True)
+        spec, stats = model.generate(prompt, max_tokens=120, speculative=True, ignore_eos=True)
+        assert spec == plain and len(spec) == 120
+        assert stats["rounds"] > 0 and stats["accepted"] <= stats["drafted"] and stats["tau"] >= 1.0
+    with dsv4.Model(converted(), n_ctx=64, load_draft=False) as model:
+        with pytest.raises(ValueError, match="draft"):
+            model.generate(prompt, max_tokens=4, speculative=True)
+        with pytest.raises(ContextOverflowError):
+            model.generate(list(range(65)), max_tokens=4)

@@ -30,6 +30,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
                               timeout=300, env={**os.environ, "PYTHONPATH": ""})
         assert proc.returncode == 0, proc.stderr
         assert "(3, 512) 512 dsv4" in proc.stdout
+        assert "16 tokens, tau =" in proc.stdout
 
 
 def test_readme_cli_commands_have_help() -> None:
