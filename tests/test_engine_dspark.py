@@ -9,7 +9,6 @@ must equal the reference's.
 """
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 
 from dsv4 import _native  # noqa: E402
-from dsv4.testing.fixture import FIXTURE_CONFIG, make_fixture  # noqa: E402
+from dsv4.testing.fixture import FIXTURE_CONFIG  # noqa: E402
 from tests.reference import V4Model  # noqa: E402
 from tests.reference.dspark import DSparkDraft  # noqa: E402
 
@@ -34,15 +33,8 @@ def rel_err(a, ref) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    if importlib.util.find_spec("dsv4.convert.main") is None:
-        pytest.skip("dsv4 convert is not available")
-    from dsv4.cli import main as cli
-
-    d = tmp_path_factory.mktemp("dspark")
-    ckpt = make_fixture(d / "ckpt", seed=0)
-    gguf = d / "fixture.gguf"
-    assert cli(["convert", str(ckpt), str(gguf)]) == 0
+def setup(convert_checkpoint, converted):
+    ckpt, gguf = convert_checkpoint, converted()  # the shared seed-0 fixture and its dsv4 conversion
     tokens = np.random.default_rng(7).integers(0, FIXTURE_CONFIG["vocab_size"], N_TOK).astype(np.int32)
     model = _native.Model(str(gguf))
     assert model.has_draft

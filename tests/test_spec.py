@@ -8,13 +8,12 @@ multiples of 4 put compression boundaries inside every verification block of a f
 """
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 
 from dsv4 import _native
-from dsv4.testing.fixture import FIXTURE_CONFIG, make_fixture
+from dsv4.testing.fixture import FIXTURE_CONFIG
 
 V = FIXTURE_CONFIG["vocab_size"]
 N_GEN = 300
@@ -22,15 +21,8 @@ N_CTX = 512
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    if importlib.util.find_spec("dsv4.convert.main") is None:
-        pytest.skip("dsv4 convert is not available")
-    from dsv4.cli import main as cli
-
-    d = tmp_path_factory.mktemp("spec")
-    ckpt = make_fixture(d / "ckpt", seed=0)
-    gguf = d / "fixture.gguf"
-    assert cli(["convert", str(ckpt), str(gguf)]) == 0
+def model(converted):
+    gguf = converted()  # the shared seed-0 fixture, converted once per session (conftest.py)
     m = _native.Model(str(gguf))
     assert m.has_draft
     return m, str(gguf)
