@@ -9,17 +9,7 @@
 #include <cstring>
 #include <thread>
 
-static int g_failures = 0;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            std::fprintf(stderr, __VA_ARGS__);                    \
-            std::fprintf(stderr, "\n");                           \
-            g_failures++;                                         \
-        }                                                         \
-    } while (0)
+#include "test-common.h"
 
 namespace {
 
