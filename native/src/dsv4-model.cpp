@@ -26,10 +26,15 @@ struct loader {
     std::string key(const char * suffix) const { return prefix + "." + suffix; }
 
     // ---- keys -----------------------------------------------------------------------------------
+    // True when the key is absent and optional: the caller uses its default. A missing required
+    // key goes on to the GGUF getter, which reports it by name.
+    bool optional_absent(const std::string & k, bool required) const {
+        return !required && dsv4_gguf_find_key(m->gguf, k.c_str()) < 0;
+    }
+
     dsv4_status get_i32(const char * suffix, int32_t * out, bool required = true, int32_t def = 0) {
         std::string k = key(suffix);
-        if (dsv4_gguf_find_key(m->gguf, k.c_str()) < 0) {
-            if (required) return dsv4_set_error(DSV4_ERR_FORMAT, "%s: missing metadata key %s", path(), k.c_str());
+        if (optional_absent(k, required)) {
             *out = def;
             return DSV4_OK;
         }
@@ -45,8 +50,7 @@ struct loader {
 
     dsv4_status get_f32(const char * suffix, float * out, bool required = true, float def = 0.0f) {
         std::string k = key(suffix);
-        if (dsv4_gguf_find_key(m->gguf, k.c_str()) < 0) {
-            if (required) return dsv4_set_error(DSV4_ERR_FORMAT, "%s: missing metadata key %s", path(), k.c_str());
+        if (optional_absent(k, required)) {
             *out = def;
             return DSV4_OK;
         }
@@ -59,8 +63,7 @@ struct loader {
 
     dsv4_status get_bool(const char * suffix, bool * out, bool required = true, bool def = false) {
         std::string k = key(suffix);
-        if (dsv4_gguf_find_key(m->gguf, k.c_str()) < 0) {
-            if (required) return dsv4_set_error(DSV4_ERR_FORMAT, "%s: missing metadata key %s", path(), k.c_str());
+        if (optional_absent(k, required)) {
             *out = def;
             return DSV4_OK;
         }
