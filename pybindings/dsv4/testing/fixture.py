@@ -103,7 +103,12 @@ Tensor = tuple[str, str, tuple[int, ...], np.ndarray]
 
 
 class _Init:
-    """Seeded weight factory; each helper returns ready-to-write tensors."""
+    """Seeded weight factory; each helper returns ready-to-write tensors.
+
+    The block layout below asks this object for every tensor by name, shape and on-disk kind, so
+    a subclass can supply other values for the same layout (tools/train_tiny.py: float weights
+    to train, and trained weights encoded for export).
+    """
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
@@ -127,6 +132,11 @@ class _Init:
     def fp4_linear(self, prefix: str, out_f: int, in_f: int) -> list[Tensor]:
         q, s = encode_fp4_weight(self.normal((out_f, in_f), in_f**-0.5))
         return [(f"{prefix}.weight", "I8", q.shape, q), (f"{prefix}.scale", "F8_E8M0", s.shape, s)]
+
+    def tid2eid(self, name: str, vocab: int, n_exp: int, top_k: int) -> list[Tensor]:
+        # k distinct experts per token id (the reference's scatter would drop duplicates).
+        t = np.stack([self.rng.permutation(n_exp)[:top_k] for _ in range(vocab)]).astype(np.int64)
+        return [(name, "I64", t.shape, t)]
 
 
 def _block_tensors(init: _Init, cfg: dict[str, Any], prefix: str, ratio: int, hash_layer: bool) -> Iterator[Tensor]:
@@ -171,9 +181,7 @@ def _block_tensors(init: _Init, cfg: dict[str, Any], prefix: str, ratio: int, ha
     f = f"{prefix}.ffn"
     yield from init.bf16(f"{f}.gate.weight", (n_exp, d), d**-0.5)
     if hash_layer:
-        # k distinct experts per token id (the reference's scatter would drop duplicates).
-        tid2eid = np.stack([init.rng.permutation(n_exp)[:top_k] for _ in range(vocab)]).astype(np.int64)
-        yield (f"{f}.gate.tid2eid", "I64", tid2eid.shape, tid2eid)
+        yield from init.tid2eid(f"{f}.gate.tid2eid", vocab, n_exp, top_k)
     else:
         yield from init.f32(f"{f}.gate.bias", (n_exp,), 0.1)
     for e in range(n_exp):
@@ -191,9 +199,11 @@ def _hc_head(init: _Init, prefix: str, hc: int, d: int) -> Iterator[Tensor]:
     yield from init.f32(f"{prefix}hc_head_scale", (1,), 0.1, 0.5)
 
 
-def checkpoint_tensors(cfg: dict[str, Any], seed: int) -> Iterator[tuple[int, Tensor]]:
-    """Yield (group, tensor) in checkpoint order; group = block index (-1 for globals)."""
-    init = _Init(seed)
+def checkpoint_tensors(cfg: dict[str, Any], seed: int, init: _Init | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield (group, tensor) in checkpoint order; group = block index (-1 for globals).
+
+    `init` supplies the values (default: the seeded random `_Init(seed)`)."""
+    init = init or _Init(seed)
     d, hc, vocab = cfg["hidden_size"], cfg["hc_mult"], cfg["vocab_size"]
     n_layers = cfg["num_hidden_layers"]
     ratios = cfg["compress_ratios"]
@@ -262,6 +272,11 @@ def write_tokenizer(out_dir: Path, vocab_size: int) -> None:
     )
     tok.train_from_iterator(_corpus().splitlines(keepends=True), trainer)
     tok.save(str(out_dir / "tokenizer.json"))
+    write_tokenizer_config(out_dir)
+
+
+def write_tokenizer_config(out_dir: Path) -> None:
+    """tokenizer_config.json naming the V4 special tokens (bos 0, eos 1, pad 2)."""
     tok_cfg = {
         "add_bos_token": False,
         "add_eos_token": False,
@@ -281,24 +296,33 @@ def make_fixture(out_dir: str | Path, seed: int = 0, shards: int = 2, **override
     `overrides` replace top-level config keys (e.g. `swiglu_limit=2.0` to make the clamp fire).
     The same seed and overrides always give byte-identical files.
     """
+    cfg = copy.deepcopy(FIXTURE_CONFIG)
+    cfg.update(overrides)
+    out = write_checkpoint(out_dir, cfg, checkpoint_tensors(cfg, seed), shards)
+    write_tokenizer(out, cfg["vocab_size"])
+    return out
+
+
+def write_checkpoint(out_dir: str | Path, cfg: dict[str, Any], tensors: Iterator[tuple[int, Tensor]],
+                     shards: int) -> Path:
+    """Write (group, tensor) pairs as DeepSeek's native layout: safetensors shards (+ index when
+    more than one), config.json and generation_config.json. No tokenizer files."""
     if shards < 1:
         raise ValueError("shards must be >= 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(FIXTURE_CONFIG)
-    cfg.update(overrides)
     n_blocks = len(cfg["compress_ratios"])
     per_shard: list[list[Tensor]] = [[] for _ in range(shards)]
-    for group, tensor in checkpoint_tensors(cfg, seed):
+    for group, tensor in tensors:
         # Globals go to the first shard, blocks spread evenly: each shard holds whole blocks.
         shard = 0 if group < 0 else min(shards - 1, group * shards // n_blocks)
         per_shard[shard].append(tensor)
     weight_map: dict[str, str] = {}
     total = 0
-    for k, tensors in enumerate(per_shard):
+    for k, shard_tensors in enumerate(per_shard):
         name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors" if shards > 1 else "model.safetensors"
-        write_safetensors(out / name, tensors, {"format": "pt"})
-        for t in tensors:
+        write_safetensors(out / name, shard_tensors, {"format": "pt"})
+        for t in shard_tensors:
             weight_map[t[0]] = name
             total += t[3].nbytes
     if shards > 1:
@@ -307,5 +331,4 @@ def make_fixture(out_dir: str | Path, seed: int = 0, shards: int = 2, **override
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     gen_cfg = {"bos_token_id": 0, "eos_token_id": 1, "do_sample": True, "temperature": 1.0, "top_p": 1.0}
     (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
-    write_tokenizer(out, cfg["vocab_size"])
     return out
