@@ -13,6 +13,7 @@
 #include "dsv4.h"
 
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -75,6 +76,35 @@ py::array_t<int32_t, py::array::c_style> int32_arg(const py::object & obj, const
         }
     }
     return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+// dsv4_generate's token callback for Python: the GIL is taken only here, around the user's
+// callable (compute runs without it). Anything the callable raises, and a pending signal
+// (Ctrl-C sets one; PyErr_CheckSignals runs its handler, which raises KeyboardInterrupt), is kept
+// and stops the generation; the binding re-raises it once dsv4_generate has returned.
+struct token_sink {
+    py::object         fn;     // None or a callable(token) -> bool | None
+    std::exception_ptr error;  // set once; generation stops at the next callback
+};
+
+bool token_trampoline(int32_t token, void * user_data) {
+    token_sink * sink = static_cast<token_sink *>(user_data);
+    py::gil_scoped_acquire gil;
+    try {
+        if (!sink->fn.is_none()) {
+            py::object r = sink->fn(token);
+            if (!r.is_none()) {
+                const int truth = PyObject_IsTrue(r.ptr());
+                if (truth < 0) throw py::error_already_set();
+                if (truth == 0) return false;  // a falsy return (False) asks to stop
+            }
+        }
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    } catch (...) {
+        sink->error = std::current_exception();
+        return false;
+    }
+    return true;
 }
 
 struct py_context {
@@ -158,10 +188,14 @@ struct py_context {
     }
 
     py::tuple generate(const py::object & prompt_obj, int32_t max_tokens, float temperature, int32_t top_k, float top_p,
-                       uint64_t seed, bool speculative, int32_t draft_max, bool ignore_eos) {
+                       uint64_t seed, bool speculative, int32_t draft_max, float confidence_threshold, bool ignore_eos,
+                       const py::object & on_token) {
         dsv4_context * c = get();
         const auto prompt = int32_arg(prompt_obj, "prompt");
         if (max_tokens < 0) throw py::value_error("max_tokens must be >= 0");
+        if (!on_token.is_none() && !PyCallable_Check(on_token.ptr())) {
+            throw py::type_error("on_token must be a callable taking one token id, or None");
+        }
         dsv4_generate_params p = dsv4_generate_default_params();
         p.max_tokens = max_tokens;
         p.temperature = temperature;
@@ -170,17 +204,22 @@ struct py_context {
         p.seed = seed;
         p.speculative = speculative;
         p.draft_max = draft_max;
+        p.confidence_threshold = confidence_threshold;
         p.ignore_eos = ignore_eos;
         std::vector<int32_t> out((size_t) max_tokens);
         int32_t n_out = 0;
         dsv4_generate_stats s;
+        token_sink sink{on_token, nullptr};
         dsv4_status st;
         {
             py::gil_scoped_release release;
             st = dsv4_generate(c, prompt.size() ? prompt.data() : nullptr, (int32_t) prompt.size(), &p, out.data(),
-                               max_tokens, &n_out, &s, nullptr, nullptr);
+                               max_tokens, &n_out, &s, token_trampoline, &sink);
         }
-        check(st);
+        // The callback's own exception (KeyboardInterrupt included) wins: the generation stopped at a
+        // committed state, so the context is consistent and the caller sees what went wrong.
+        if (sink.error) std::rethrow_exception(sink.error);
+        if (st != DSV4_OK && !(st == DSV4_ERR_INTERRUPTED && s.stop_reason == DSV4_STOP_INTERRUPTED)) check(st);
         py::array_t<int32_t> tokens((py::ssize_t) n_out);
         if (n_out) std::memcpy(tokens.mutable_data(), out.data(), (size_t) n_out * sizeof(int32_t));
         static const char * reasons[] = {"max_tokens", "eos", "context_full", "interrupted"};
@@ -343,8 +382,11 @@ void dsv4_bind_model(py::module_ & m) {
              "Test hook: T = 0 chain -> (drafts [gamma] int32, logits [gamma, V]).")
         .def("generate", &py_context::generate, py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature") = 0.0f,
              py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("speculative") = true,
-             py::arg("draft_max") = 0, py::arg("ignore_eos") = false,
+             py::arg("draft_max") = 0, py::arg("confidence_threshold") = 0.0f, py::arg("ignore_eos") = false,
+             py::arg("on_token") = py::none(),
              "Generate up to max_tokens after a fresh prompt (plain or DSpark speculative; the context is reset). "
+             "on_token(token) is called for each token as it is decided (GIL held only during the call); a falsy "
+             "return stops (stop_reason 'interrupted'), an exception stops and is re-raised. "
              "Returns (tokens int32, stats dict: rounds, drafted, accepted, accepted_at, tau, prefill_s, draft_s, "
              "verify_s, total_s, stop_reason).")
         .def("close", &py_context::close, "Free the context now.");

@@ -125,6 +125,10 @@ typedef struct dsv4_generate_params {
     uint64_t seed;          // sampler RNG seed
     bool     speculative;   // use the DSpark draft (the model must have one)
     int32_t  draft_max;     // drafts per round; <= 0: the trained block size (capped by it)
+    float    confidence_threshold;  // adaptive length: verify drafts left to right while the draft's
+                                    // confidence sigmoid(c_k) >= this (c_k depends only on the drafts
+                                    // before x_k, so the cut never looks at x_k: lossless); <= 0: fixed
+                                    // gamma. Needs the draft's confidence head.
     bool     ignore_eos;    // keep generating past the EOS token
 } dsv4_generate_params;
 
@@ -149,8 +153,10 @@ typedef struct dsv4_generate_stats {
     int32_t stop_reason;                  // dsv4_stop_reason
 } dsv4_generate_stats;
 
-// Called with each generated token as it is decided; returning false stops the generation with
-// DSV4_ERR_INTERRUPTED (tokens so far are in out_tokens / n_out / stats).
+// Called with each generated token as it is decided (after the round that produced it is committed,
+// so the context is consistent whenever it runs); returning false stops the generation with
+// DSV4_ERR_INTERRUPTED and stats->stop_reason DSV4_STOP_INTERRUPTED (tokens so far, the stopping one
+// included, are in out_tokens / n_out / stats).
 typedef bool (*dsv4_token_callback)(int32_t token, void * user_data);
 
 // Writes the first max_out generated tokens to out_tokens (may be NULL with max_out 0), their

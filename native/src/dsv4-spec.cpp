@@ -143,6 +143,7 @@ extern "C" dsv4_generate_params dsv4_generate_default_params(void) {
     p.seed = 0;
     p.speculative = true;
     p.draft_max = 0;
+    p.confidence_threshold = 0.0f;
     p.ignore_eos = false;
     return p;
 }

@@ -6,7 +6,7 @@ ValueError naming the function, the argument and what was expected.
 """
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Callable, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -112,8 +112,13 @@ class Context:
     def _layer_state(self, layer: int) -> dict[str, Any]: ...
     def generate(self, prompt: npt.ArrayLike, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, speculative: bool = True, draft_max: int = 0,
-                 ignore_eos: bool = False) -> tuple[npt.NDArray[np.int32], dict[str, Any]]:
-        """Fresh generation after prompt (plain or DSpark speculative); (tokens, stats)."""
+                 confidence_threshold: float = 0.0, ignore_eos: bool = False,
+                 on_token: Callable[[int], bool | None] | None = None) -> tuple[npt.NDArray[np.int32], dict[str, Any]]:
+        """Fresh generation after prompt (plain or DSpark speculative); (tokens, stats).
+
+        on_token(token) runs for each token as it is decided, with the GIL held only for the call; a
+        falsy return stops (stop_reason "interrupted"); an exception stops and is re-raised.
+        confidence_threshold > 0: adaptive draft length (sigmoid(c_k) >= threshold, left to right)."""
     # DSpark draft test hooks (native/src/dsv4-dspark.h); ValueError without a draft.
     def _draft_inject(self, features: npt.ArrayLike, pos0: int) -> None: ...
     def _draft_block(self, anchor: int, p: int, gamma: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...

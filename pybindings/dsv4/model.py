@@ -6,7 +6,7 @@ chat and speculative decoding build on it.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -98,13 +98,23 @@ class Model:
 
     def generate(self, prompt_ids: Sequence[int] | np.ndarray, max_tokens: int = 256, *, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int = 0, speculative: bool = True,
-                 draft_max: int | None = None, ignore_eos: bool = False) -> tuple[list[int], dict[str, Any]]:
+                 draft_max: int | None = None, confidence_threshold: float | None = None, ignore_eos: bool = False,
+                 on_token: Callable[[int], bool | None] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Generate up to max_tokens token ids after prompt_ids (stops at EOS unless ignore_eos).
 
         speculative=True drafts with the DSpark head and verifies each block in one target pass (same
-        tokens as plain decoding at temperature 0; same distribution at T > 0). Returns (token ids,
-        stats: rounds, drafted, accepted, accepted_at, tau, prefill_s, draft_s, verify_s, total_s,
-        stop_reason)."""
+        tokens as plain decoding at temperature 0; same distribution at T > 0). draft_max lowers the
+        drafts per round (never above the trained block size). confidence_threshold (0 < t < 1) turns
+        on adaptive length: drafts are verified left to right while the confidence head's
+        sigmoid(c_k) >= t (needs a draft with a confidence head); None = fixed length.
+
+        on_token(token_id) is called for each token as soon as it is decided (the native compute runs
+        without the GIL; the GIL is taken only for the call). Returning False stops the generation
+        (stop_reason "interrupted"); an exception raised in it (KeyboardInterrupt included) stops it and
+        is re-raised here, with the model still usable.
+
+        Returns (token ids, stats: n_prompt, n_generated, rounds, drafted, accepted, accepted_at, tau,
+        prefill_s, draft_s, verify_s, total_s, stop_reason)."""
         tokens = self._check_tokens(prompt_ids)
         if tokens.size == 0:
             raise ValueError("prompt_ids is empty")
@@ -112,8 +122,17 @@ class Model:
             raise ContextOverflowError(f"{tokens.size} prompt tokens do not fit in the context of {self.n_ctx}")
         if speculative and not self.has_draft:
             raise ValueError("speculative=True needs a model with its DSpark draft (loaded with load_draft=True)")
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if draft_max is not None and draft_max < 0:
+            raise ValueError(f"draft_max must be >= 0 or None, got {draft_max}")
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold < 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1) or None, got {confidence_threshold}")
+        if on_token is not None and not callable(on_token):
+            raise TypeError("on_token must be a callable taking one token id, or None")
         out, stats = self._ctx.generate(tokens, int(max_tokens), float(temperature), int(top_k), float(top_p),
-                                        int(seed), bool(speculative), int(draft_max or 0), bool(ignore_eos))
+                                        int(seed), bool(speculative), int(draft_max or 0),
+                                        float(confidence_threshold or 0.0), bool(ignore_eos), on_token)
         return [int(t) for t in out], dict(stats)
 
     # -- lifetime --------------------------------------------------------------------------------
