@@ -16,3 +16,7 @@ class ConversionError(Dsv4Error):
 
 class ContextOverflowError(Dsv4Error, ValueError):
     """The prompt (plus requested tokens) does not fit in the context window."""
+
+
+class MissingComponentError(Dsv4Error, ValueError):
+    """The model file lacks what a call needs (its tokenizer, the DSpark draft for speculative decoding)."""

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dsv4.completion import CompletionMixin
 from dsv4.errors import ContextOverflowError, Dsv4Error
 
 
@@ -19,7 +20,7 @@ def _native():
     return _native
 
 
-class Model:
+class Model(CompletionMixin):
     """A model file (dsv4 or llama.cpp deepseek4 GGUF) with one inference context.
 
     >>> model = dsv4.Model("model.gguf", n_ctx=4096)
@@ -113,7 +114,7 @@ class Model:
         (stop_reason "interrupted"); an exception raised in it (KeyboardInterrupt included) stops it and
         is re-raised here, with the model still usable.
 
-        Returns (token ids, stats: n_prompt, n_generated, rounds, drafted, accepted, accepted_at, tau,
+        Returns (token ids, stats: n_prompt, n_generated, rounds, drafted, accepted, accepted_at, verified_at, tau,
         prefill_s, draft_s, verify_s, total_s, stop_reason)."""
         tokens = self._check_tokens(prompt_ids)
         if tokens.size == 0:

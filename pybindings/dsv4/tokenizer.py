@@ -18,7 +18,7 @@ import codecs
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from dsv4.errors import FormatError
+from dsv4.errors import FormatError, MissingComponentError
 
 # llama.cpp token types (gguf-py TokenType), as convert/vocab.py writes them.
 _TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -120,7 +120,8 @@ class Tokenizer:
         ids = tok.encode(text, add_special_tokens=False).ids
         if add_bos:
             if self.bos_id is None:
-                raise FormatError("add_bos=True but the model's tokenizer has no BOS token (tokenizer.ggml.bos_token_id)")
+                raise MissingComponentError("add_bos=True but the model's tokenizer has no BOS token "
+                                            "(tokenizer.ggml.bos_token_id)")
             ids = [self.bos_id, *ids]
         return ids
 
@@ -183,7 +184,7 @@ def _from_ggml_arrays(metadata: Mapping[str, Any], source_name: str) -> Any:
     tokens = metadata.get("tokenizer.ggml.tokens")
     if model is None or tokens is None:
         missing = [k for k, v in (("tokenizer.ggml.model", model), ("tokenizer.ggml.tokens", tokens)) if v is None]
-        raise FormatError(f"{source_name} has no tokenizer: neither tokenizer.huggingface.json nor "
+        raise MissingComponentError(f"{source_name} has no tokenizer: neither tokenizer.huggingface.json nor "
                           f"{', '.join(missing)}; text needs a tokenizer (token ids still work)")
     if model != "gpt2":
         raise FormatError(f"{source_name}: tokenizer.ggml.model {model!r} is not supported (only 'gpt2', byte-level BPE)")
