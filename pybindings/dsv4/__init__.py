@@ -1,6 +1,9 @@
 """dsv4: DeepSeek-V4 + DSpark conversion to GGUF and native inference.
 
 Sub-packages: ``dsv4.quant`` (tensor formats in numpy), ``dsv4.convert`` (checkpoint -> GGUF).
+``dsv4.Model`` runs a GGUF: logits, generate (token ids, DSpark speculative decoding), and the text
+API (tokenize/detokenize, create_completion, create_chat_completion with DeepSeek-V4's chat
+encoding from ``dsv4.chat``; see ``dsv4.completion``).
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dsv4.errors import (
     ConversionError,
     Dsv4Error,
     FormatError,
+    MissingComponentError,
 )
 
 __version__ = "0.1.0"
@@ -28,6 +32,7 @@ __all__ = [
     "ConversionError",
     "Dsv4Error",
     "FormatError",
+    "MissingComponentError",
     "Model",
     "__version__",
 ]

@@ -12,6 +12,8 @@ from dsv4.errors import Dsv4Error
 _COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dsv4.convert.main", "convert a DeepSeek-V4 HF checkpoint to GGUF"),
     "inspect": ("dsv4.convert.inspect", "describe a GGUF file (architecture, tensors, draft)"),
+    "generate": ("dsv4._cli_generate", "complete a text prompt, streamed, with tokens/s and speculative statistics"),
+    "chat": ("dsv4._cli_chat", "chat with DeepSeek-V4's chat encoding (reasoning none/high/max), streamed"),
     "demo": ("dsv4._demo", "convert the embedded model and run it"),
     "bench": ("dsv4._bench", "decode / verify / prefill speed of a GGUF against the memory-bandwidth limit"),
 }
