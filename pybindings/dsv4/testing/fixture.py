@@ -102,7 +102,7 @@ FIXTURE_CONFIG: dict[str, Any] = {
 Tensor = tuple[str, str, tuple[int, ...], np.ndarray]
 
 
-class _Init:
+class TensorInit:
     """Seeded weight factory; each helper returns ready-to-write tensors.
 
     The block layout below asks this object for every tensor by name, shape and on-disk kind, so
@@ -139,7 +139,7 @@ class _Init:
         return [(name, "I64", t.shape, t)]
 
 
-def _block_tensors(init: _Init, cfg: dict[str, Any], prefix: str, ratio: int, hash_layer: bool) -> Iterator[Tensor]:
+def _block_tensors(init: TensorInit, cfg: dict[str, Any], prefix: str, ratio: int, hash_layer: bool) -> Iterator[Tensor]:
     """v4-model.md §7.1: every tensor of one transformer block (trunk layer or DSpark stage)."""
     d, hc = cfg["hidden_size"], cfg["hc_mult"]
     n_heads, head_dim = cfg["num_attention_heads"], cfg["head_dim"]
@@ -193,17 +193,17 @@ def _block_tensors(init: _Init, cfg: dict[str, Any], prefix: str, ratio: int, ha
     yield from init.fp8_linear(f"{f}.shared_experts.w2", d, inter)
 
 
-def _hc_head(init: _Init, prefix: str, hc: int, d: int) -> Iterator[Tensor]:
+def _hc_head(init: TensorInit, prefix: str, hc: int, d: int) -> Iterator[Tensor]:
     yield from init.f32(f"{prefix}hc_head_fn", (hc, hc * d), 2.0 / np.sqrt(hc * d))
     yield from init.f32(f"{prefix}hc_head_base", (hc,), 0.5)
     yield from init.f32(f"{prefix}hc_head_scale", (1,), 0.1, 0.5)
 
 
-def checkpoint_tensors(cfg: dict[str, Any], seed: int, init: _Init | None = None) -> Iterator[tuple[int, Tensor]]:
+def checkpoint_tensors(cfg: dict[str, Any], seed: int, init: TensorInit | None = None) -> Iterator[tuple[int, Tensor]]:
     """Yield (group, tensor) in checkpoint order; group = block index (-1 for globals).
 
-    `init` supplies the values (default: the seeded random `_Init(seed)`)."""
-    init = init or _Init(seed)
+    `init` supplies the values (default: the seeded random `TensorInit(seed)`)."""
+    init = init or TensorInit(seed)
     d, hc, vocab = cfg["hidden_size"], cfg["hc_mult"], cfg["vocab_size"]
     n_layers = cfg["num_hidden_layers"]
     ratios = cfg["compress_ratios"]
