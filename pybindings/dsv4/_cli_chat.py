@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from dsv4._cli_generate import add_model_arguments, open_model, sampling, stats_line
+from dsv4._cli_generate import add_model_arguments, open_model, reporting_bad_input, sampling, stats_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,10 @@ def _reply(model: Any, messages: list[dict[str, Any]], args: argparse.Namespace)
 
 
 def run(args: argparse.Namespace) -> int:
+    return reporting_bad_input("chat", _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     history: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
     interactive = args.prompt is None and sys.stdin.isatty()
     with open_model(args) as model:

@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
+
+from dsv4.errors import Dsv4Error
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_max_tokens: int | None) -> None:
@@ -86,7 +88,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default_max_tokens=128)
 
 
+def reporting_bad_input(command: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs body(args); a plain ValueError from the API (a bad option value or message) is the user's
+    input, so it is reported in one line with exit status 2 (dsv4 errors go to dsv4.cli.main)."""
+    try:
+        return body(args)
+    except ValueError as exc:
+        if isinstance(exc, Dsv4Error):
+            raise
+        print(f"dsv4 {command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def run(args: argparse.Namespace) -> int:
+    return reporting_bad_input("generate", _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None:
         if sys.stdin.isatty():
