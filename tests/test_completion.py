@@ -178,6 +178,21 @@ def test_ctrl_c_while_streaming_stops_and_leaves_the_model_usable(model) -> None
         baseline["choices"][0]["text"]
 
 
+def test_ctrl_c_during_a_blocking_completion(model) -> None:
+    """A real SIGINT while the native loop runs (GIL released) stops it; the model stays usable."""
+    baseline = model.create_completion(PROMPT, max_tokens=40, temperature=0.0, speculative=True)
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(100):  # far longer than 0.05 s in all
+                model.create_completion(PROMPT, max_tokens=250, temperature=1.0, seed=1, speculative=True)
+    finally:
+        timer.cancel()
+    again = model.create_completion(PROMPT, max_tokens=40, temperature=0.0, speculative=True)
+    assert again["choices"][0]["text"] == baseline["choices"][0]["text"]
+
+
 PROMPTS = ["def class return self", "import this", "Beautiful is better than ugly."]
 
 

@@ -216,8 +216,9 @@ class CompletionMixin:
         max_tokens None: until EOS or a full context. stream=True yields chat.completion.chunk dicts
         whose delta holds "reasoning_content" or "content" pieces. Statistics as create_completion."""
         thinking_mode, effort = reasoning_mode(reasoning)
-        msgs = [dict(m) for m in messages] if isinstance(messages, Sequence) and not isinstance(messages, str) \
-            else messages
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        msgs = [dict(m) if isinstance(m, Mapping) else m for m in messages]
         if tools:
             # OpenAI passes tools with the request; V4 renders them from the system message.
             if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") == "system":
