@@ -95,6 +95,15 @@ def test_decode_matches_the_tokenizers_library(toks, metadata) -> None:
         assert hf.decode(seq) == ref.decode(seq, skip_special_tokens=False)
 
 
+def test_model_rows_beyond_tokenizer_json_decode_to_nothing(metadata) -> None:
+    tokens = list(metadata["tokenizer.ggml.tokens"]) + [f"[PAD{i}]" for i in range(512, 600)]
+    tok = Tokenizer.from_metadata({**metadata, "tokenizer.ggml.tokens": tokens})
+    assert tok.source == "tokenizer.huggingface.json" and tok.n_vocab == 600
+    assert tok.decode([436, 590, 599]) == tok.decode([436])
+    with pytest.raises(ValueError, match="600"):
+        tok.decode([600])
+
+
 def test_errors(toks, metadata) -> None:
     hf, _ = toks
     with pytest.raises(ValueError, match="invalid token ids.*512, -3"):

@@ -122,6 +122,7 @@ class CompletionMixin:
     # Provided by dsv4.Model.
     path: str
     n_ctx: int
+    n_vocab: int
     metadata: dict[str, Any]
     has_draft: bool
     generate: Callable[..., tuple[list[int], dict[str, Any]]]
@@ -275,9 +276,9 @@ class CompletionMixin:
             ids = [int(t) for t in prompt]
         except (TypeError, ValueError) as exc:
             raise ValueError(f"prompt must be a str or a sequence of token ids: {exc}") from exc
-        bad = [t for t in ids if not 0 <= t < self.tokenizer.n_vocab]
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
         if bad:
-            raise ValueError(f"invalid token ids (vocabulary has {self.tokenizer.n_vocab}): "
+            raise ValueError(f"invalid token ids (vocabulary has {self.n_vocab}): "
                              + ", ".join(str(t) for t in bad[:8]))
         return ids
 

@@ -59,7 +59,8 @@ class Tokenizer:
     `decode(ids, special=False)` leaves special tokens out; `special=True` writes their text.
     """
 
-    def __init__(self, hf_tokenizer: Any, *, bos_id: int | None, eos_id: int | None, source: str) -> None:
+    def __init__(self, hf_tokenizer: Any, *, bos_id: int | None, eos_id: int | None, source: str,
+                 n_vocab: int = 0) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
         self.source = source
@@ -70,13 +71,15 @@ class Tokenizer:
         # this as a per-instance flag, so one instance per mode keeps encode thread-safe).
         self._plain_tok = HFTokenizer.from_str(hf_tokenizer.to_str())
         self._plain_tok.encode_special_tokens = True
-        self.n_vocab = int(hf_tokenizer.get_vocab_size(with_added_tokens=True))
+        # The model's vocabulary may have more rows than tokenizer.json names (ids without text).
+        self.n_vocab = max(int(hf_tokenizer.get_vocab_size(with_added_tokens=True)), n_vocab)
         self._token_bytes, self._special_ids = self._byte_table(hf_tokenizer)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], *, source_name: str = "the GGUF") -> "Tokenizer":
         """Rebuild the tokenizer stored in a GGUF's metadata (a FormatError names what is missing)."""
+        n_vocab = len(metadata.get("tokenizer.ggml.tokens") or [])
         bos = _opt_id(metadata, "tokenizer.ggml.bos_token_id")
         eos = _opt_id(metadata, "tokenizer.ggml.eos_token_id")
         hf_json = metadata.get("tokenizer.huggingface.json")
@@ -87,8 +90,9 @@ class Tokenizer:
                 tok = HFTokenizer.from_str(hf_json)
             except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
                 raise FormatError(f"{source_name}: tokenizer.huggingface.json cannot be loaded: {exc}") from exc
-            return cls(tok, bos_id=bos, eos_id=eos, source="tokenizer.huggingface.json")
-        return cls(_from_ggml_arrays(metadata, source_name), bos_id=bos, eos_id=eos, source="tokenizer.ggml")
+            return cls(tok, bos_id=bos, eos_id=eos, source="tokenizer.huggingface.json", n_vocab=n_vocab)
+        return cls(_from_ggml_arrays(metadata, source_name), bos_id=bos, eos_id=eos, source="tokenizer.ggml",
+                   n_vocab=n_vocab)
 
     def _byte_table(self, tok: Any) -> tuple[list[bytes], frozenset[int]]:
         """Each id's bytes (special/added tokens: their UTF-8 text) and the set of special ids."""
