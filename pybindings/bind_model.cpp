@@ -232,6 +232,9 @@ struct py_context {
         py::list at;
         for (int32_t k = 0; k < DSV4_MAX_DRAFT; k++) at.append(s.accepted_at[k]);
         d["accepted_at"] = at;
+        py::list ver;
+        for (int32_t k = 0; k < DSV4_MAX_DRAFT; k++) ver.append(s.verified_at[k]);
+        d["verified_at"] = ver;
         d["tau"] = s.tau;
         d["prefill_s"] = s.prefill_s;
         d["draft_s"] = s.draft_s;

@@ -1,4 +1,5 @@
-"""The speculative loop (dsv4-spec.cpp) on the fixture: greedy speculative == greedy plain, seeded
+"""The speculative loop (dsv4-spec.cpp) on the fixture: greedy speculative == greedy plain (fixed and
+adaptive draft length), seeded
 T > 0 runs reproduce, statistics are consistent, and the T = 1 sampler matches softmax of the target
 logits (chi-square).
 
@@ -42,6 +43,8 @@ def check_stats(stats, n_tok, speculative):
     assert 0 <= stats["accepted"] <= stats["drafted"]
     assert stats["tau"] >= 1.0
     assert sum(stats["accepted_at"]) == stats["accepted"]
+    assert sum(stats["verified_at"]) == stats["drafted"]
+    assert all(v >= a for v, a in zip(stats["verified_at"], stats["accepted_at"]))
     at = stats["accepted_at"]
     assert all(at[k] >= at[k + 1] for k in range(len(at) - 1))  # a prefix is accepted
     # every round emits accepted + 1 tokens; the prefill emits the first (the last round may be cut)
@@ -56,16 +59,21 @@ def test_greedy_speculative_equals_plain(ctx, n_prompt, seed):
     plain, ps = ctx.generate(p, N_GEN, speculative=False, ignore_eos=True)
     check_stats(ps, N_GEN, False)
     assert len(plain) == N_GEN
-    taus = []
-    for draft_max in (0, 5, 2):
-        spec, ss = ctx.generate(p, N_GEN, speculative=True, draft_max=draft_max, ignore_eos=True)
+    taus, drafted = [], {}
+    # fixed gamma (trained 5, explicit 5, lowered to 2), then adaptive length at two thresholds
+    for draft_max, thr in ((0, 0.0), (5, 0.0), (2, 0.0), (0, 0.3), (0, 0.7)):
+        spec, ss = ctx.generate(p, N_GEN, speculative=True, draft_max=draft_max, confidence_threshold=thr,
+                                ignore_eos=True)
         check_stats(ss, N_GEN, True)
         taus.append(ss["tau"])
+        drafted[draft_max, thr] = ss["drafted"]
         mism = np.flatnonzero(np.asarray(spec) != np.asarray(plain))
-        assert mism.size == 0, f"draft_max {draft_max}: first mismatch at {mism[:1]} of {N_GEN}"
+        assert mism.size == 0, f"draft_max {draft_max}, threshold {thr}: first mismatch at {mism[:1]} of {N_GEN}"
         if draft_max == 2:
-            assert max(k for k, a in enumerate(ss["accepted_at"]) if a > 0 or k == 0) <= 1
-    print(f"prompt {n_prompt}: {N_GEN} tokens equal; tau (gamma 5, 5, 2) = {taus}")
+            assert max(k for k, a in enumerate(ss["verified_at"]) if a > 0 or k == 0) <= 1
+    # the thresholds cut blocks (random weights: low confidences), the higher one more
+    assert drafted[0, 0.7] < drafted[0, 0.3] < drafted[0, 0.0]
+    print(f"prompt {n_prompt}: {N_GEN} tokens equal; tau (gamma 5, 5, 2, thr .3, .7) = {taus}, drafted {drafted}")
 
 
 def test_eos_stops(ctx):
@@ -169,3 +177,38 @@ def test_speculative_t1_marginal_matches_target(model):
     assert acc > 0  # the accept path ran
     assert pv1 > 1e-3 and pv2 > 1e-3
     assert pvb < 1e-6
+
+
+def test_adaptive_length_cuts_by_confidence(model, ctx):
+    """The confidence threshold cuts each block before the first draft whose sigmoid(c_k) is below it,
+    and c_k depends only on the drafts before x_k: recompute the first round's cut from the draft
+    hooks, for thresholds just below and above each confidence of that round (so every cut point
+    0..gamma that the confidences allow is exercised), and compare it with the round's verified count."""
+    cuts = set()
+    for seed in (12, 18):  # prompts whose first-round confidences allow cuts 0, 5 (12) and 0, 1, 4, 5 (18)
+        p = prompt(17, seed)
+        anchor = int(ctx.generate(p, 1, speculative=False)[0][0])
+        # round 1: anchor at position len(p); the rings hold the prompt's features (the last W stay)
+        c = _native.Context(model[0], n_ctx=64, n_threads=2, float_activations=True)
+        _, feats = c.decode(p, 0, np.zeros(0, np.int32), True)
+        c._draft_inject(feats, 0)
+        base, x_post = c._draft_block(anchor, len(p) - 1)
+        drafts, _ = c._draft_greedy(base, anchor)
+        _, conf = c._draft_heads(base, x_post, anchor, drafts)
+        sig = 1.0 / (1.0 + np.exp(-conf.astype(np.float64)))
+        for thr in sorted({float(np.clip(v + e, 1e-4, 0.9999)) for v in sig for e in (-1e-4, 1e-4)}):
+            below = sig < thr
+            expect = int(np.argmax(below)) if below.any() else len(sig)
+            # stop at the first token of round 1, so the stats hold that round alone
+            toks, st = ctx.generate(p, 50, speculative=True, confidence_threshold=thr, ignore_eos=True,
+                                    on_token=lambda t, seen=[]: seen.append(t) or len(seen) < 2)
+            assert toks[0] == anchor and st["rounds"] == 1
+            assert st["drafted"] == expect, f"threshold {thr}: sigmoid(c) {sig}"
+            cuts.add(expect)
+        print(f"prompt seed {seed}: sigmoid(c) of round 1 {np.round(sig, 3)}")
+    print(f"cuts exercised {sorted(cuts)}")
+    assert {0, len(sig)} < cuts  # no draft, the whole block, and at least one cut inside it
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        ctx.generate(p, 4, speculative=True, confidence_threshold=1.0)
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        ctx.generate(p, 4, speculative=True, confidence_threshold=float("nan"))

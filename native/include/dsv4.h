@@ -145,9 +145,11 @@ typedef struct dsv4_generate_stats {
     int32_t n_prompt;
     int32_t n_generated;
     int32_t rounds;                       // target verify (or plain decode) calls after the prefill
-    int64_t drafted;                      // draft tokens proposed
+    int64_t drafted;                      // draft tokens verified (after an adaptive-length cut)
     int64_t accepted;                     // draft tokens accepted
     int64_t accepted_at[DSV4_MAX_DRAFT];  // rounds in which draft k (0-based) was accepted
+    int64_t verified_at[DSV4_MAX_DRAFT];  // rounds in which draft k was verified (acceptance at k:
+                                          // accepted_at[k] / verified_at[k])
     double  tau;                          // tokens per round: accepted / rounds + 1
     double  prefill_s, draft_s, verify_s, total_s;
     int32_t stop_reason;                  // dsv4_stop_reason

@@ -52,7 +52,7 @@ int32_t dsv4_sample_logits(dsv4_context * ctx, const float * logits, const dsv4_
 }
 
 dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
-                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out) {
+                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted) {
     const int64_t V = ctx->model->hp.n_vocab;
     const int32_t start = ctx->n_past;
     const bool greedy = cfg.temperature <= 0.0f;
@@ -62,27 +62,39 @@ dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_s
     if (inject && s->feats.empty()) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "spec step: no feature buffer");
     dsv4_status st;
 
-    // 1. Draft: block pass at p = start - 1 ([anchor, noise...] at start .. start + gamma - 1), Markov chain.
+    // 1. Draft: block pass at p = start - 1 ([anchor, noise...] at start .. start + gamma - 1), then the
+    //    Markov chain left to right: ℓ_k = U_k + W2 W1[prev_k] (prev_1 = anchor), x_k = argmax ℓ_k at
+    //    T = 0, else x_k ~ q_k = softmax(ℓ_k / T) (unfiltered: q is what x_k is drawn from). Adaptive
+    //    length: before drawing x_k, stop when sigmoid(c_k) < threshold. c_k = conf [x_post_k ; W1[prev_k]]
+    //    depends only on x_1..x_{k-1}, never on x_k, so the cut keeps verification exact (dspark.md §3.1).
     double t0 = now_s();
     int32_t * x = s->drafts.data();
+    int32_t n_draft = 0;
     if (gamma > 0) {
         dsv4_draft * dr = ctx->draft;
+        const bool adaptive = cfg.confidence_threshold > 0.0f;
+        // sigmoid(c) >= t  <=>  c >= log(t / (1 - t))
+        const double c_min = adaptive ? log((double) cfg.confidence_threshold / (1.0 - cfg.confidence_threshold)) : 0.0;
         if ((st = dsv4_draft_block(dr, anchor, start - 1, gamma, s->base.data(), s->x_post.data())) != DSV4_OK) return st;
-        if (greedy) {
-            if ((st = dsv4_draft_greedy(dr, s->base.data(), anchor, gamma, x, nullptr)) != DSV4_OK) return st;
-        } else {
-            int32_t prev = anchor;
-            for (int32_t k = 0; k < gamma; k++) {
-                // ℓ_k = U_k + W2 W1[prev_k]; x_k ~ q_k = softmax(ℓ_k / T) (unfiltered: q is what x_k is drawn from).
-                st = dsv4_draft_heads(dr, s->base.data() + (int64_t) k * V, nullptr, prev, nullptr, 1, s->row.data(), nullptr);
-                if (st != DSV4_OK) return st;
+        int32_t prev = anchor;
+        for (int32_t k = 0; k < gamma; k++) {
+            float conf = 0.0f;
+            st = dsv4_draft_heads(dr, s->base.data() + (int64_t) k * V, s->x_post.data() + (int64_t) k * ctx->model->hp.n_embd,
+                                  prev, nullptr, 1, s->row.data(), adaptive ? &conf : nullptr);
+            if (st != DSV4_OK) return st;
+            if (adaptive && (double) conf < c_min) break;
+            if (greedy) {
+                x[k] = dsv4_argmax(s->row.data(), V);
+            } else {
                 float * qk = s->q.data() + (int64_t) k * V;
                 dsv4_softmax(s->row.data(), V, cfg.temperature, qk);
                 x[k] = dsv4_sample(qk, V, &ctx->rng);
-                prev = x[k];
             }
+            prev = x[k];
+            n_draft = k + 1;
         }
     }
+    gamma = n_draft;
     double t1 = now_s();
     s->draft_s += t1 - t0;
 
@@ -130,6 +142,7 @@ dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_s
     for (int32_t k = 0; k < n; k++) out[k] = x[k];
     out[n] = y;
     *n_out = n + 1;
+    *n_drafted = gamma;
     s->verify_s += now_s() - t1;
     return DSV4_OK;
 }
@@ -170,6 +183,15 @@ dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_promp
                               "context's model has none (load a file with a draft, with load_draft, or pass "
                               "speculative = false)");
     }
+    const float thr = gp.confidence_threshold;
+    if (!(thr < 1.0f) || thr != thr) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: confidence_threshold %g must be < 1 (<= 0: fixed "
+                              "draft length)", (double) thr);
+    }
+    if (gp.speculative && thr > 0.0f && !m->conf_proj.data) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: confidence_threshold needs the draft's confidence "
+                              "head, and this model's draft has none (use a fixed draft length)");
+    }
     if (n_prompt > n_ctx) {
         return dsv4_set_error(DSV4_ERR_CONTEXT_FULL, "dsv4_generate: the prompt of %d tokens does not fit n_ctx = %d",
                               n_prompt, n_ctx);
@@ -182,7 +204,7 @@ dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_promp
         gamma = std::min(gamma, (int32_t) DSV4_KV_MAX_ROLLBACK);  // a round rolls back at most gamma rows
         gamma = std::max(gamma, 0);
     }
-    const dsv4_sampler_cfg cfg{gp.temperature, gp.top_k, gp.top_p};
+    const dsv4_sampler_cfg cfg{gp.temperature, gp.top_k, gp.top_p, gp.speculative ? std::max(thr, 0.0f) : 0.0f};
     const int32_t eos = gp.ignore_eos ? -1 : m->hp.eos_id;
     stats.n_prompt = n_prompt;
     dsv4_rng_seed(&ctx->rng, gp.seed);
@@ -247,15 +269,15 @@ dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_promp
         // No more drafts than positions left or tokens still wanted (beyond the residual/bonus one).
         int32_t g = std::min(gamma, n_ctx - 1 - start);
         g = std::max(0, std::min(g, gp.max_tokens - produced - 1));
-        int32_t n_round = 0;
-        if ((st = dsv4_spec_step(ctx, &s, cfg, anchor, g, gp.speculative, round_out.data(), &n_round)) != DSV4_OK) {
-            return st;
-        }
+        int32_t n_round = 0, n_drafted = 0;
+        st = dsv4_spec_step(ctx, &s, cfg, anchor, g, gp.speculative, round_out.data(), &n_round, &n_drafted);
+        if (st != DSV4_OK) return st;
         stats.rounds++;
         stats.draft_s = s.draft_s;
         stats.verify_s = s.verify_s;
-        stats.drafted += g;
+        stats.drafted += n_drafted;
         stats.accepted += n_round - 1;
+        for (int32_t k = 0; k < n_drafted; k++) stats.verified_at[k]++;
         for (int32_t k = 0; k < n_round - 1; k++) stats.accepted_at[k]++;
         for (int32_t k = 0; k < n_round && !stop; k++) {
             if ((st = emit(round_out[(size_t) k])) != DSV4_OK) return st;

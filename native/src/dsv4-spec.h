@@ -12,6 +12,7 @@ struct dsv4_sampler_cfg {
     float   temperature = 0.0f;  // 0: argmax
     int32_t top_k = 0;
     float   top_p = 1.0f;
+    float   confidence_threshold = 0.0f;  // > 0: adaptive draft length (stop before sigmoid(c_k) < it)
 };
 
 // Scratch of the loop, sized once per generation.
@@ -39,8 +40,9 @@ int32_t dsv4_sample_logits(dsv4_context * ctx, const float * logits, const dsv4_
 
 // One round. The target holds positions [0, start) with start = ctx->n_past, the draft rings hold the
 // features of every committed position < start (when gamma > 0), and `anchor` is the token at start.
-// Drafts gamma tokens (0 = a plain step), verifies [anchor, x_1..x_gamma] in one dsv4_decode, accepts
-// a prefix of n, truncates the target to start + n + 1 and injects the kept rows' features (when
-// `inject`). out[0..n] = x_1..x_n, y (y: the residual / bonus token, the next anchor); *n_out = n + 1.
+// Drafts up to gamma tokens (0 = a plain step; fewer when the confidence threshold cuts the block:
+// *n_drafted = ℓ), verifies [anchor, x_1..x_ℓ] in one dsv4_decode, accepts a prefix of n, truncates
+// the target to start + n + 1 and injects the kept rows' features (when `inject`).
+// out[0..n] = x_1..x_n, y (y: the residual / bonus token, the next anchor); *n_out = n + 1.
 dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
-                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out);
+                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted);
