@@ -72,6 +72,7 @@ class Sizes:
     draft_lr: float = 2e-3
     anchors: int = 32            # random anchors per sequence in a draft step
     seed: int = 0
+    max_files: int = 0           # 0 = every stdlib file; tests use a few
 
     def model_config(self, vocab: int) -> dict[str, Any]:
         """The fixture's config shape with this model's sizes (vocab = the trained tokenizer's)."""
@@ -122,6 +123,10 @@ def stage_tokenizer(work: Path, sizes: Sizes) -> None:
     rels = [str(f.relative_to(root)) for f in files]
     train = [f for f, r in zip(files, rels) if not is_heldout(r)]
     held = [f for f, r in zip(files, rels) if is_heldout(r)]
+    if sizes.max_files:                       # a quick subset (tests): the first files of each split
+        train, held = train[:sizes.max_files], held[:max(1, sizes.max_files // 20)]
+    if not train or not held:
+        raise ValueError(f"{root}: no stdlib .py files for the train / held-out split")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -454,6 +459,36 @@ def stage_draft(work: Path, sizes: Sizes, save_every: int, eval_every: int) -> N
     print(f"draft done: {st.step} steps, {st.tokens_seen} tokens of context, {st.seconds:.0f} s", flush=True)
 
 
+def held_out_prompts(work: Path, n: int = 8, before: int = 12, after: int = 2) -> list[dict[str, Any]]:
+    """Code prompts from held-out files: the `before` lines above a file's first `def` line at
+    least `before` lines in, the def line and `after` - 1 more lines (so the model writes a body).
+    Deterministic: held-out files in path order, one prompt per file."""
+    from tokenizers import Tokenizer
+
+    meta = json.loads((work / "data.json").read_text())
+    tok = Tokenizer.from_file(str(work / "tokenizer.json"))
+    root = Path(meta["stdlib"])
+    prompts = []
+    for rel in meta["heldout_files"]:
+        lines = read_text(root / rel).split("\n")
+        for i in range(before, len(lines) - after):
+            if lines[i].lstrip().startswith("def "):
+                text = "\n".join(lines[i - before:i + after]) + "\n"
+                if 200 <= len(text) <= 1500:
+                    prompts.append({"source": rel, "text": text, "ids": [0] + tok.encode(text).ids})
+                break
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+def write_prompts(work: Path, out: Path) -> None:
+    """prompts.json (source, text, token ids with bos) next to the exported checkpoint."""
+    doc = {"about": "held-out prompts (stdlib files never trained on), written by tools/train_tiny.py",
+           "prompts": held_out_prompts(work)}
+    (out / "prompts.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
 def stage_export(work: Path, out: Path, sizes: Sizes) -> None:
     from tests.reference.weights import load_checkpoint
 
@@ -465,6 +500,7 @@ def stage_export(work: Path, out: Path, sizes: Sizes) -> None:
     write_checkpoint(out, cfg_dict, checkpoint_tensors(cfg_dict, sizes.seed, TrainedInit(arrays)), shards=1)
     shutil.copy(work / "tokenizer.json", out / "tokenizer.json")
     write_tokenizer_config(out)
+    write_prompts(work, out)
     windows = heldout_windows(work, sizes.seq, 32)
     before = heldout_loss(TrainTarget(params, cfg), windows)
     exported = load_checkpoint(out)
