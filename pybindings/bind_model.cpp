@@ -196,15 +196,8 @@ struct py_context {
         if (!on_token.is_none() && !PyCallable_Check(on_token.ptr())) {
             throw py::type_error("on_token must be a callable taking one token id, or None");
         }
-        dsv4_generate_params p = dsv4_generate_default_params();
+        dsv4_generate_params p = gen_params(temperature, top_k, top_p, seed, speculative, draft_max, confidence_threshold);
         p.max_tokens = max_tokens;
-        p.temperature = temperature;
-        p.top_k = top_k;
-        p.top_p = top_p;
-        p.seed = seed;
-        p.speculative = speculative;
-        p.draft_max = draft_max;
-        p.confidence_threshold = confidence_threshold;
         p.ignore_eos = ignore_eos;
         std::vector<int32_t> out((size_t) max_tokens);
         int32_t n_out = 0;
@@ -241,6 +234,57 @@ struct py_context {
         d["verify_s"] = s.verify_s;
         d["total_s"] = s.total_s;
         d["stop_reason"] = std::string(s.stop_reason >= 0 && s.stop_reason < 4 ? reasons[s.stop_reason] : "?");
+        return py::make_tuple(tokens, d);
+    }
+
+    static dsv4_generate_params gen_params(float temperature, int32_t top_k, float top_p, uint64_t seed, bool speculative,
+                                           int32_t draft_max, float confidence_threshold) {
+        dsv4_generate_params p = dsv4_generate_default_params();
+        p.temperature = temperature;
+        p.top_k = top_k;
+        p.top_p = top_p;
+        p.seed = seed;
+        p.speculative = speculative;
+        p.draft_max = draft_max;
+        p.confidence_threshold = confidence_threshold;
+        return p;
+    }
+
+    int32_t spec_begin(const py::object & prompt_obj, float temperature, int32_t top_k, float top_p, uint64_t seed,
+                       bool speculative) {
+        dsv4_context * c = get();
+        const auto prompt = int32_arg(prompt_obj, "prompt");
+        const dsv4_generate_params p = gen_params(temperature, top_k, top_p, seed, speculative, 0, 0.0f);
+        int32_t first = -1;
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_spec_begin(c, prompt.size() ? prompt.data() : nullptr, (int32_t) prompt.size(), &p, &first);
+        }
+        check(st);
+        return first;
+    }
+
+    py::tuple spec_step(int32_t anchor, float temperature, int32_t top_k, float top_p, bool speculative,
+                        int32_t draft_max, float confidence_threshold, int32_t max_out) {
+        dsv4_context * c = get();
+        if (max_out < 1) throw py::value_error("max_out must be >= 1");
+        const dsv4_generate_params p =
+            gen_params(temperature, top_k, top_p, 0, speculative, draft_max, confidence_threshold);
+        std::vector<int32_t> out((size_t) max_out);
+        dsv4_spec_result r;
+        dsv4_status st;
+        {
+            py::gil_scoped_release release;
+            st = dsv4_spec_step(c, anchor, &p, out.data(), max_out, &r);
+        }
+        check(st);
+        py::array_t<int32_t> tokens((py::ssize_t) r.n_tokens);
+        std::memcpy(tokens.mutable_data(), out.data(), (size_t) r.n_tokens * sizeof(int32_t));
+        py::dict d;
+        d["n_drafted"] = r.n_drafted;
+        d["draft_s"] = r.draft_s;
+        d["verify_s"] = r.verify_s;
         return py::make_tuple(tokens, d);
     }
 
@@ -392,5 +436,14 @@ void dsv4_bind_model(py::module_ & m) {
              "return stops (stop_reason 'interrupted'), an exception stops and is re-raised. "
              "Returns (tokens int32, stats dict: rounds, drafted, accepted, accepted_at, tau, prefill_s, draft_s, "
              "verify_s, total_s, stop_reason).")
+        .def("spec_begin", &py_context::spec_begin, py::arg("prompt"), py::arg("temperature") = 0.0f,
+             py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("speculative") = true,
+             "Step-wise generation (dsv4_spec_begin): reset, seed, run the prompt (feeding the draft rings when "
+             "speculative) -> the first token, the anchor of the first spec_step.")
+        .def("spec_step", &py_context::spec_step, py::arg("anchor"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
+             py::arg("top_p") = 1.0f, py::arg("speculative") = true, py::arg("draft_max") = 0,
+             py::arg("confidence_threshold") = 0.0f, py::arg("max_out") = DSV4_MAX_DRAFT + 1,
+             "One round (dsv4_spec_step) on the committed state: draft, verify, accept, roll back -> (tokens int32: "
+             "accepted drafts then the residual/bonus token (the next anchor), {n_drafted, draft_s, verify_s}).")
         .def("close", &py_context::close, "Free the context now.");
 }

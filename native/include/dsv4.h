@@ -155,6 +155,30 @@ typedef struct dsv4_generate_stats {
     int32_t stop_reason;                  // dsv4_stop_reason
 } dsv4_generate_stats;
 
+// Step-wise generation (what dsv4_generate runs): dsv4_spec_begin resets the context, seeds its RNG
+// with params->seed, runs the prompt (capturing the DSpark features of its last rows into the draft
+// rings when params->speculative) and samples the first token, the anchor of the first step. Each
+// dsv4_spec_step then runs one round on the committed state it finds: the target holds positions
+// [0, n_past), the draft rings every committed position's features, and `anchor` is the token at
+// n_past (decided, not yet run). It drafts up to gamma tokens (the trained block size, lowered by
+// params->draft_max, by the confidence threshold, by the positions left and by max_out - 1),
+// verifies [anchor, drafts] in one target decode, keeps the accepted prefix (the rest is rolled
+// back exactly) and writes the accepted drafts and then the residual/bonus token (the next anchor)
+// to out_tokens. params->speculative false makes it one plain decode step. The sampler settings of
+// params apply per step; max_tokens, seed and ignore_eos are not used by a step. A speculative step
+// after plain decodes or truncations (which do not feed the draft rings) is DSV4_ERR_INVALID_ARG.
+typedef struct dsv4_spec_result {
+    int32_t n_tokens;   // tokens written: accepted drafts + 1
+    int32_t n_drafted;  // drafts verified this round
+    double  draft_s, verify_s;
+} dsv4_spec_result;
+
+dsv4_status dsv4_spec_begin(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                            const dsv4_generate_params * params, int32_t * first_token);
+// out_tokens holds max_out >= 1 tokens (DSV4_MAX_DRAFT + 1 never limits the round).
+dsv4_status dsv4_spec_step(dsv4_context * ctx, int32_t anchor, const dsv4_generate_params * params,
+                           int32_t * out_tokens, int32_t max_out, dsv4_spec_result * result);
+
 // Called with each generated token as it is decided (after the round that produced it is committed,
 // so the context is consistent whenever it runs); returning false stops the generation with
 // DSV4_ERR_INTERRUPTED and stats->stop_reason DSV4_STOP_INTERRUPTED (tokens so far, the stopping one

@@ -19,6 +19,7 @@ int online_cores() {
 
 void destroy(dsv4_context * ctx) {
     if (!ctx) return;
+    dsv4_spec_state_free(ctx->spec);
     dsv4_draft_free(ctx->draft);
     dsv4_forward_free(&ctx->fwd);
     dsv4_kv_cache_free(&ctx->cache);

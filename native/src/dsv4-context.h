@@ -10,6 +10,9 @@
 #include "dsv4-sampling.h"
 #include "cpu/dsv4-threadpool.h"
 
+struct dsv4_spec_state;  // dsv4-spec.h: the speculative loop's scratch
+void dsv4_spec_state_free(dsv4_spec_state * s);
+
 struct dsv4_context {
     dsv4_model *        model = nullptr;
     dsv4_context_params params{};
@@ -17,6 +20,7 @@ struct dsv4_context {
     dsv4_kv_cache       cache;
     dsv4_forward        fwd;
     dsv4_draft *        draft = nullptr;  // DSpark draft state (NULL without a draft)
+    dsv4_spec_state *   spec = nullptr;   // speculative-loop scratch, made by the first dsv4_spec_* call
     int32_t             n_past = 0;
     dsv4_rng            rng;              // sampler state (seeded from params.seed, reseeded by generate)
 };

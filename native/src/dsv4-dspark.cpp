@@ -70,14 +70,19 @@ void dsv4_draft_reset(dsv4_draft * d) {
     std::fill(d->ring_pos.begin(), d->ring_pos.end(), -1);
 }
 
+int32_t dsv4_draft_last_pos(const dsv4_draft * d) {
+    int32_t held = -1;
+    for (int32_t p : d->ring_pos) held = std::max(held, p);
+    return held;
+}
+
 dsv4_status dsv4_draft_inject(dsv4_draft * d, const float * features, int32_t n, int32_t pos0) {
     const dsv4_model * m = d->model;
     const dsv4_hparams & hp = m->hp;
     dsv4_forward * f = d->f;
     if (n <= 0) return DSV4_OK;
     if (!features || pos0 < 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "draft inject: NULL features or pos0 < 0");
-    int32_t held = -1;
-    for (int32_t p : d->ring_pos) held = std::max(held, p);
+    const int32_t held = dsv4_draft_last_pos(d);
     if (held >= pos0) {
         return dsv4_set_error(DSV4_ERR_INVALID_ARG, "draft inject: pos0 %d is not after the last position held (%d)", pos0,
                               held);

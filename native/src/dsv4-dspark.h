@@ -33,6 +33,8 @@ dsv4_status dsv4_draft_init(dsv4_draft ** out, const dsv4_model * model, dsv4_fo
 void        dsv4_draft_free(dsv4_draft * d);
 // Empty every ring.
 void        dsv4_draft_reset(dsv4_draft * d);
+// The last position the rings hold (-1: none).
+int32_t     dsv4_draft_last_pos(const dsv4_draft * d);
 
 // §5.2 step 1: rows of features [n, n_tap*d] at positions pos0 .. pos0+n-1 (consecutive, after every
 // position already held) into every stage's ring at pos mod W; of more than W rows the last W stay.

@@ -51,8 +51,8 @@ int32_t dsv4_sample_logits(dsv4_context * ctx, const float * logits, const dsv4_
     return dsv4_sample(s->p.data(), V, &ctx->rng);
 }
 
-dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
-                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted) {
+dsv4_status dsv4_spec_round(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
+                            int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted) {
     const int64_t V = ctx->model->hp.n_vocab;
     const int32_t start = ctx->n_past;
     const bool greedy = cfg.temperature <= 0.0f;
@@ -163,57 +163,160 @@ extern "C" dsv4_generate_params dsv4_generate_default_params(void) {
 
 namespace {
 
+// Checks shared by dsv4_spec_begin / dsv4_spec_step / dsv4_generate (`fn` names the caller).
+dsv4_status check_params(const dsv4_context * ctx, const dsv4_generate_params & gp, const char * fn) {
+    if (!(gp.temperature >= 0.0f) || !isfinite(gp.temperature)) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: temperature must be finite and >= 0", fn);
+    }
+    if (!(gp.top_p > 0.0f)) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: top_p must be > 0", fn);
+    if (gp.speculative && !ctx->draft) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: speculative decoding needs the DSpark draft, but this "
+                              "context's model has none (load a file with a draft, with load_draft, or pass "
+                              "speculative = false)", fn);
+    }
+    const float thr = gp.confidence_threshold;
+    if (!(thr < 1.0f) || thr != thr) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: confidence_threshold %g must be < 1 (<= 0: fixed draft length)",
+                              fn, (double) thr);
+    }
+    if (gp.speculative && thr > 0.0f && !ctx->model->conf_proj.data) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: confidence_threshold needs the draft's confidence head, and this "
+                              "model's draft has none (use a fixed draft length)", fn);
+    }
+    return DSV4_OK;
+}
+
+dsv4_sampler_cfg sampler_cfg(const dsv4_generate_params & gp) {
+    return {gp.temperature, gp.top_k, gp.top_p, gp.speculative ? std::max(gp.confidence_threshold, 0.0f) : 0.0f};
+}
+
+// The largest block this context drafts: the trained block size, the draft scratch, the stats
+// array and the rows a truncation can roll back (a round drops at most gamma rows).
+int32_t gamma_limit(const dsv4_context * ctx) {
+    if (!ctx->draft) return 0;
+    int32_t g = std::min(ctx->model->dspark.block_size, ctx->draft->max_gamma);
+    g = std::min(std::min(g, (int32_t) DSV4_MAX_DRAFT), (int32_t) DSV4_KV_MAX_ROLLBACK);
+    return std::max(g, 0);
+}
+
+// The context's loop scratch, made on first use (sized for gamma_limit; features with a draft).
+dsv4_status spec_state(dsv4_context * ctx, dsv4_spec_state ** out) {
+    if (!ctx->spec) {
+        dsv4_spec_state * s = new (std::nothrow) dsv4_spec_state();
+        if (!s) return dsv4_set_error(DSV4_ERR_NO_MEMORY, "speculative loop: out of memory");
+        try {
+            dsv4_spec_state_init(s, ctx, gamma_limit(ctx), ctx->draft != nullptr);
+        } catch (const std::bad_alloc &) {
+            delete s;
+            return dsv4_set_error(DSV4_ERR_NO_MEMORY, "speculative loop: out of memory (scratch)");
+        }
+        ctx->spec = s;
+    }
+    *out = ctx->spec;
+    return DSV4_OK;
+}
+
+dsv4_status spec_begin(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt, const dsv4_generate_params & gp,
+                       int32_t * first, const char * fn) {
+    dsv4_status st = check_params(ctx, gp, fn);
+    if (st != DSV4_OK) return st;
+    if (!prompt || n_prompt <= 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: empty prompt", fn);
+    if (!first) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: NULL output", fn);
+    if (n_prompt > ctx->params.n_ctx) {
+        return dsv4_set_error(DSV4_ERR_CONTEXT_FULL, "%s: the prompt of %d tokens does not fit n_ctx = %d", fn, n_prompt,
+                              ctx->params.n_ctx);
+    }
+    dsv4_spec_state * s = nullptr;
+    if ((st = spec_state(ctx, &s)) != DSV4_OK) return st;
+    dsv4_rng_seed(&ctx->rng, gp.seed);
+    if ((st = dsv4_context_truncate(ctx, 0)) != DSV4_OK) return st;
+    // The head of the prompt without outputs, the last <= W rows with features (into the rings) and
+    // the logits of the last row. The same split for plain and speculative runs.
+    const int32_t tail = ctx->draft ? std::min(n_prompt, ctx->draft->W) : n_prompt;
+    if (n_prompt > tail && (st = dsv4_decode(ctx, prompt, n_prompt - tail, 0, nullptr, 0, nullptr, nullptr)) != DSV4_OK) {
+        return st;
+    }
+    std::vector<float> tail_feats(gp.speculative ? (size_t) ((int64_t) tail * n_feat_of(ctx)) : 0);
+    const int32_t last = tail - 1;
+    st = dsv4_decode(ctx, prompt + (n_prompt - tail), tail, n_prompt - tail, &last, 1, s->logits.data(),
+                     gp.speculative ? tail_feats.data() : nullptr);
+    if (st != DSV4_OK) return st;
+    if (gp.speculative && (st = dsv4_draft_inject(ctx->draft, tail_feats.data(), tail, n_prompt - tail)) != DSV4_OK) {
+        return st;
+    }
+    *first = dsv4_sample_logits(ctx, s->logits.data(), sampler_cfg(gp), s);
+    return DSV4_OK;
+}
+
+dsv4_status spec_step(dsv4_context * ctx, int32_t anchor, const dsv4_generate_params & gp, int32_t * out_tokens,
+                      int32_t max_out, dsv4_spec_result * res, const char * fn) {
+    dsv4_status st = check_params(ctx, gp, fn);
+    if (st != DSV4_OK) return st;
+    if (!out_tokens || max_out <= 0 || !res) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: need out_tokens with max_out >= 1 and a result", fn);
+    }
+    if (anchor < 0 || anchor >= ctx->model->hp.n_vocab) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: anchor %d is not a token id (n_vocab = %d)", fn, anchor,
+                              ctx->model->hp.n_vocab);
+    }
+    const int32_t start = ctx->n_past;
+    if (start >= ctx->params.n_ctx) {
+        return dsv4_set_error(DSV4_ERR_CONTEXT_FULL, "%s: the context holds n_ctx = %d positions", fn, ctx->params.n_ctx);
+    }
+    if (gp.speculative && (start == 0 || dsv4_draft_last_pos(ctx->draft) != start - 1)) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: the draft rings hold positions up to %d but the context holds "
+                              "%d: a speculative step continues dsv4_spec_begin / dsv4_spec_step (plain decodes and "
+                              "truncations do not feed the draft)", fn, dsv4_draft_last_pos(ctx->draft), start);
+    }
+    dsv4_spec_state * s = nullptr;
+    if ((st = spec_state(ctx, &s)) != DSV4_OK) return st;
+    // Drafts: the requested length under the trained one, no more than the positions left after the
+    // anchor's, and no more than max_out - 1 (the residual/bonus token takes the last slot).
+    int32_t g = 0;
+    if (gp.speculative) {
+        g = gamma_limit(ctx);
+        if (gp.draft_max > 0) g = std::min(g, gp.draft_max);
+        g = std::max(0, std::min(std::min(g, ctx->params.n_ctx - 1 - start), max_out - 1));
+    }
+    const double d0 = s->draft_s, v0 = s->verify_s;
+    int32_t n_out = 0, n_drafted = 0;
+    st = dsv4_spec_round(ctx, s, sampler_cfg(gp), anchor, g, gp.speculative, out_tokens, &n_out, &n_drafted);
+    if (st != DSV4_OK) return st;
+    res->n_tokens = n_out;
+    res->n_drafted = n_drafted;
+    res->draft_s = s->draft_s - d0;
+    res->verify_s = s->verify_s - v0;
+    return DSV4_OK;
+}
+
+template <typename F>
+dsv4_status guarded(F && f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc &) {
+        return dsv4_set_error(DSV4_ERR_NO_MEMORY, "speculative loop: out of memory");
+    }
+}
+
 dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt, const dsv4_generate_params & gp,
                      int32_t * out_tokens, int32_t max_out, int32_t * n_out, dsv4_generate_stats & stats,
                      dsv4_token_callback cb, void * user_data) {
     const double t_start = now_s();
     const dsv4_model * m = ctx->model;
     const int32_t n_ctx = ctx->params.n_ctx;
-    if (!prompt || n_prompt <= 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: empty prompt");
     if (gp.max_tokens < 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: max_tokens %d < 0", gp.max_tokens);
-    if (!(gp.temperature >= 0.0f) || !isfinite(gp.temperature)) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: temperature must be finite and >= 0");
-    }
-    if (!(gp.top_p > 0.0f)) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: top_p must be > 0");
     if (max_out < 0 || (max_out > 0 && !out_tokens)) {
         return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: max_out %d needs out_tokens", max_out);
     }
-    if (gp.speculative && !ctx->draft) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: speculative decoding needs the DSpark draft, but this "
-                              "context's model has none (load a file with a draft, with load_draft, or pass "
-                              "speculative = false)");
-    }
-    const float thr = gp.confidence_threshold;
-    if (!(thr < 1.0f) || thr != thr) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: confidence_threshold %g must be < 1 (<= 0: fixed "
-                              "draft length)", (double) thr);
-    }
-    if (gp.speculative && thr > 0.0f && !m->conf_proj.data) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: confidence_threshold needs the draft's confidence "
-                              "head, and this model's draft has none (use a fixed draft length)");
-    }
+    dsv4_status st = check_params(ctx, gp, "dsv4_generate");
+    if (st != DSV4_OK) return st;
+    if (!prompt || n_prompt <= 0) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_generate: empty prompt");
     if (n_prompt > n_ctx) {
         return dsv4_set_error(DSV4_ERR_CONTEXT_FULL, "dsv4_generate: the prompt of %d tokens does not fit n_ctx = %d",
                               n_prompt, n_ctx);
     }
-    int32_t gamma = 0;
-    if (gp.speculative) {
-        gamma = m->dspark.block_size;
-        if (gp.draft_max > 0) gamma = std::min(gamma, gp.draft_max);
-        gamma = std::min(std::min(gamma, ctx->draft->max_gamma), (int32_t) DSV4_MAX_DRAFT);
-        gamma = std::min(gamma, (int32_t) DSV4_KV_MAX_ROLLBACK);  // a round rolls back at most gamma rows
-        gamma = std::max(gamma, 0);
-    }
-    const dsv4_sampler_cfg cfg{gp.temperature, gp.top_k, gp.top_p, gp.speculative ? std::max(thr, 0.0f) : 0.0f};
     const int32_t eos = gp.ignore_eos ? -1 : m->hp.eos_id;
     stats.n_prompt = n_prompt;
-    dsv4_rng_seed(&ctx->rng, gp.seed);
-
-    dsv4_status st = dsv4_context_truncate(ctx, 0);
-    if (st != DSV4_OK) return st;
-    dsv4_spec_state s;
-    dsv4_spec_state_init(&s, ctx, gamma, gp.speculative);
-    const int64_t n_feat = n_feat_of(ctx);
 
     int32_t produced = 0;
     bool stop = false;
@@ -241,53 +344,55 @@ dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_promp
         return DSV4_OK;
     }
 
-    // Prefill: the head of the prompt without outputs, the last <= W rows with features (into the
-    // rings) and the logits of the last row. The same split for plain and speculative runs.
-    const int32_t tail = ctx->draft ? std::min(n_prompt, ctx->draft->W) : n_prompt;
-    if (n_prompt > tail && (st = dsv4_decode(ctx, prompt, n_prompt - tail, 0, nullptr, 0, nullptr, nullptr)) != DSV4_OK) {
-        return st;
-    }
-    std::vector<float> tail_feats(gp.speculative ? (size_t) ((int64_t) tail * n_feat) : 0);
-    const int32_t last = tail - 1;
-    st = dsv4_decode(ctx, prompt + (n_prompt - tail), tail, n_prompt - tail, &last, 1, s.logits.data(),
-                     gp.speculative ? tail_feats.data() : nullptr);
-    if (st != DSV4_OK) return st;
-    if (gp.speculative && (st = dsv4_draft_inject(ctx->draft, tail_feats.data(), tail, n_prompt - tail)) != DSV4_OK) {
-        return st;
-    }
-    int32_t anchor = dsv4_sample_logits(ctx, s.logits.data(), cfg, &s);
+    int32_t anchor = -1;
+    if ((st = spec_begin(ctx, prompt, n_prompt, gp, &anchor, "dsv4_generate")) != DSV4_OK) return st;
     stats.prefill_s = now_s() - t_start;
     if ((st = emit(anchor)) != DSV4_OK) return st;
 
-    std::vector<int32_t> round_out((size_t) gamma + 1);
+    int32_t round_out[DSV4_MAX_DRAFT + 1];
     while (!stop) {
-        const int32_t start = ctx->n_past;
-        if (start >= n_ctx) {
+        if (ctx->n_past >= n_ctx) {
             stats.stop_reason = DSV4_STOP_CONTEXT_FULL;
             break;
         }
-        // No more drafts than positions left or tokens still wanted (beyond the residual/bonus one).
-        int32_t g = std::min(gamma, n_ctx - 1 - start);
-        g = std::max(0, std::min(g, gp.max_tokens - produced - 1));
-        int32_t n_round = 0, n_drafted = 0;
-        st = dsv4_spec_step(ctx, &s, cfg, anchor, g, gp.speculative, round_out.data(), &n_round, &n_drafted);
-        if (st != DSV4_OK) return st;
+        // No more drafts than tokens still wanted beyond the residual/bonus one.
+        const int32_t want = std::min(gp.max_tokens - produced, (int32_t) DSV4_MAX_DRAFT + 1);
+        dsv4_spec_result r;
+        if ((st = spec_step(ctx, anchor, gp, round_out, want, &r, "dsv4_generate")) != DSV4_OK) return st;
         stats.rounds++;
-        stats.draft_s = s.draft_s;
-        stats.verify_s = s.verify_s;
-        stats.drafted += n_drafted;
-        stats.accepted += n_round - 1;
-        for (int32_t k = 0; k < n_drafted; k++) stats.verified_at[k]++;
-        for (int32_t k = 0; k < n_round - 1; k++) stats.accepted_at[k]++;
-        for (int32_t k = 0; k < n_round && !stop; k++) {
-            if ((st = emit(round_out[(size_t) k])) != DSV4_OK) return st;
+        stats.draft_s += r.draft_s;
+        stats.verify_s += r.verify_s;
+        stats.drafted += r.n_drafted;
+        stats.accepted += r.n_tokens - 1;
+        for (int32_t k = 0; k < r.n_drafted; k++) stats.verified_at[k]++;
+        for (int32_t k = 0; k < r.n_tokens - 1; k++) stats.accepted_at[k]++;
+        for (int32_t k = 0; k < r.n_tokens && !stop; k++) {
+            if ((st = emit(round_out[k])) != DSV4_OK) return st;
         }
-        anchor = round_out[(size_t) n_round - 1];
+        anchor = round_out[r.n_tokens - 1];
     }
     return DSV4_OK;
 }
 
 }  // namespace
+
+void dsv4_spec_state_free(dsv4_spec_state * s) {
+    delete s;
+}
+
+extern "C" dsv4_status dsv4_spec_begin(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                                       const dsv4_generate_params * params, int32_t * first_token) {
+    if (!ctx) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_spec_begin: ctx is NULL");
+    const dsv4_generate_params gp = params ? *params : dsv4_generate_default_params();
+    return guarded([&] { return spec_begin(ctx, prompt, n_prompt, gp, first_token, "dsv4_spec_begin"); });
+}
+
+extern "C" dsv4_status dsv4_spec_step(dsv4_context * ctx, int32_t anchor, const dsv4_generate_params * params,
+                                      int32_t * out_tokens, int32_t max_out, dsv4_spec_result * result) {
+    if (!ctx) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_spec_step: ctx is NULL");
+    const dsv4_generate_params gp = params ? *params : dsv4_generate_default_params();
+    return guarded([&] { return spec_step(ctx, anchor, gp, out_tokens, max_out, result, "dsv4_spec_step"); });
+}
 
 extern "C" dsv4_status dsv4_generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_prompt,
                                      const dsv4_generate_params * params, int32_t * out_tokens, int32_t max_out,
@@ -298,13 +403,10 @@ extern "C" dsv4_status dsv4_generate(dsv4_context * ctx, const int32_t * prompt,
     dsv4_generate_stats local;
     memset(&local, 0, sizeof(local));
     int32_t n_local = 0;
-    dsv4_status st;
     const double t0 = now_s();
-    try {
-        st = generate(ctx, prompt, n_prompt, gp, out_tokens, max_out, &n_local, local, token_callback, user_data);
-    } catch (const std::bad_alloc &) {
-        st = dsv4_set_error(DSV4_ERR_NO_MEMORY, "dsv4_generate: out of memory");
-    }
+    const dsv4_status st = guarded([&] {
+        return generate(ctx, prompt, n_prompt, gp, out_tokens, max_out, &n_local, local, token_callback, user_data);
+    });
     local.tau = local.rounds > 0 ? (double) local.accepted / local.rounds + 1.0 : 1.0;
     local.total_s = now_s() - t0;
     if (n_out) *n_out = n_local;

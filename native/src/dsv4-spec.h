@@ -1,5 +1,5 @@
-// The DSpark speculative loop (dspark.md §3.1, §5.2) and the generation driver behind
-// dsv4_generate (dsv4.h). Internal.
+// The DSpark speculative loop (dspark.md §3.1, §5.2) behind dsv4_spec_begin / dsv4_spec_step and the
+// generation driver dsv4_generate (dsv4.h), which is begin + steps + the token callback. Internal.
 #pragma once
 
 #include "dsv4.h"
@@ -15,7 +15,8 @@ struct dsv4_sampler_cfg {
     float   confidence_threshold = 0.0f;  // > 0: adaptive draft length (stop before sigmoid(c_k) < it)
 };
 
-// Scratch of the loop, sized once per generation.
+// Scratch of the loop, owned by the context (ctx->spec), made on first use and sized for the largest
+// block the context drafts.
 struct dsv4_spec_state {
     int32_t gamma_max = 0;
     std::vector<float>   logits;   // [gamma_max + 1, V] verify rows
@@ -44,5 +45,6 @@ int32_t dsv4_sample_logits(dsv4_context * ctx, const float * logits, const dsv4_
 // *n_drafted = ℓ), verifies [anchor, x_1..x_ℓ] in one dsv4_decode, accepts a prefix of n, truncates
 // the target to start + n + 1 and injects the kept rows' features (when `inject`).
 // out[0..n] = x_1..x_n, y (y: the residual / bonus token, the next anchor); *n_out = n + 1.
-dsv4_status dsv4_spec_step(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
-                           int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted);
+// dsv4_spec_step (dsv4.h) checks its arguments and calls this.
+dsv4_status dsv4_spec_round(dsv4_context * ctx, dsv4_spec_state * s, const dsv4_sampler_cfg & cfg, int32_t anchor,
+                            int32_t gamma, bool inject, int32_t * out, int32_t * n_out, int32_t * n_drafted);

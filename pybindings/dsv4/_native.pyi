@@ -119,6 +119,18 @@ class Context:
         on_token(token) runs for each token as it is decided, with the GIL held only for the call; a
         falsy return stops (stop_reason "interrupted"); an exception stops and is re-raised.
         confidence_threshold > 0: adaptive draft length (sigmoid(c_k) >= threshold, left to right)."""
+    def spec_begin(self, prompt: npt.ArrayLike, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0, speculative: bool = True) -> int:
+        """Step-wise generation (dsv4_spec_begin): reset the context, seed its sampler, run the prompt
+        (feeding the DSpark rings when speculative); returns the first token, the first step's anchor."""
+    def spec_step(self, anchor: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  speculative: bool = True, draft_max: int = 0, confidence_threshold: float = 0.0,
+                  max_out: int = 33) -> tuple[npt.NDArray[np.int32], dict[str, Any]]:
+        """One round (dsv4_spec_step) on the committed state (after spec_begin or spec_step): draft up to
+        min(block size, draft_max, max_out - 1) tokens (fewer under confidence_threshold), verify them in
+        one target pass, keep the accepted prefix and roll back the rest. Returns (accepted drafts then the
+        residual/bonus token, which is the next anchor; {n_drafted, draft_s, verify_s}). ValueError for a
+        speculative step after plain decodes or truncations (they do not feed the draft rings)."""
     # DSpark draft test hooks (native/src/dsv4-dspark.h); ValueError without a draft.
     def _draft_inject(self, features: npt.ArrayLike, pos0: int) -> None: ...
     def _draft_block(self, anchor: int, p: int, gamma: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
