@@ -58,20 +58,39 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
     const dsv4_weight & w = L.wo_a;
     fl.wo_a.assign((size_t) G, dsv4_weight());
     if (w.type == DSV4_TYPE_FP8_E4M3 && ol % 128 != 0) {
-        const int64_t sc_cols = (in + 127) / 128;
-        std::unique_ptr<float[]> buf(new (std::nothrow) float[(size_t) (G * ol * in)]);
-        if (!buf) {
-            return dsv4_set_error(DSV4_ERR_NO_MEMORY, "dsv4_context_init: cannot allocate the F32 copy of attn_output_a");
+        // Groups split the 128-row scale blocks: decode to a plain copy. With power-of-two scales
+        // (UE8M0, every real checkpoint) BF16 holds every value exactly, so the copy runs the same
+        // arithmetic as the llama.cpp BF16 layout in both activation modes; otherwise F32.
+        const int64_t sc_cols = (in + 127) / 128, n_sc = (G * ol + 127) / 128 * sc_cols;
+        bool pow2 = true;
+        for (int64_t i = 0; i < n_sc && pow2; i++) {
+            int e;
+            pow2 = frexpf(w.scale[i], &e) == 0.5f;
         }
+        const size_t n_val = (size_t) (G * ol * in);
+        std::unique_ptr<float[]> buf(new (std::nothrow) float[pow2 ? (size_t) in : n_val]);
+        std::unique_ptr<float[]> bf(pow2 ? new (std::nothrow) float[(n_val + 1) / 2] : nullptr);
+        if (!buf || (pow2 && !bf)) {
+            return dsv4_set_error(DSV4_ERR_NO_MEMORY, "dsv4_context_init: cannot allocate the copy of attn_output_a");
+        }
+        uint16_t * b16 = (uint16_t *) bf.get();
         for (int64_t o = 0; o < G * ol; o++) {
+            float * row = pow2 ? buf.get() : buf.get() + o * in;
             dsv4_fp8_row_to_float((const uint8_t *) w.data + (size_t) o * w.row_bytes, w.scale + (o / 128) * sc_cols,
-                                  buf.get() + o * in, in);
+                                  row, in);
+            for (int64_t k = 0; pow2 && k < in; k++) {
+                b16[o * in + k] = dsv4_f32_to_bf16(row[k]);
+            }
         }
         for (int64_t g = 0; g < G; g++) {
-            dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_F32, ol, in, buf.get() + g * ol * in, nullptr);
+            if (pow2) {
+                dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_BF16, ol, in, b16 + g * ol * in, nullptr);
+            } else {
+                dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_F32, ol, in, buf.get() + g * ol * in, nullptr);
+            }
         }
-        f->owned.push_back(std::move(buf));
-        f->owned_bytes += (size_t) (G * ol * in) * sizeof(float);
+        f->owned_bytes += pow2 ? n_val * sizeof(uint16_t) : n_val * sizeof(float);
+        f->owned.push_back(pow2 ? std::move(bf) : std::move(buf));
         return DSV4_OK;
     }
     for (int64_t g = 0; g < G; g++) {

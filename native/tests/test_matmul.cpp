@@ -14,14 +14,19 @@
 //     only the f32 accumulation of the scaled block sums differs). The quantization itself is
 //     checked to be bit-identical across ISAs, and its error against the unquantized product is
 //     checked against its bound sum_b sum_k |w_k| * d_b / 2.
-//   Q8_0/MXFP4 with float activations (params.float_activations): weights decoded exactly to f32,
-//     FMA with the f32 activations, so every ISA is held to 1e-5 * mag against the exact double
-//     product with the unquantized activations (mag likewise unquantized), for dsv4_matmul and
-//     dsv4_matmul_moe, with the same shapes, R values and thread counts.
+//   FP8/BF16 in the default mode round the activations to bf16 (nearest-even) first: every ISA is
+//     held to 1e-5 * mag against the exact product with the rounded activations (AVX-512 with
+//     AVX512_BF16 through its vdpbf16ps kernels, the others through their f32 kernels), and the
+//     rounding error against the unrounded product to its bound sum_k |w_k| * |x_k| * 2^-8.
+//   Float activations (params.float_activations): Q8_0/MXFP4 weights decoded exactly to f32, FMA
+//     with the f32 activations, and the float family without any rounding of x, so every ISA is
+//     held to 1e-5 * mag against the exact double product with the unmodified activations (mag
+//     likewise), for dsv4_matmul and dsv4_matmul_moe, with the same shapes, R values and threads.
 #include "cpu/dsv4-matmul.h"
 #include "cpu/dsv4-matmul-impl.h"
 #include "dsv4-types.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +57,25 @@ struct rng {
 
 bool is_int_family(dsv4_type t) {
     return t == DSV4_TYPE_Q8_0 || t == DSV4_TYPE_MXFP4;
+}
+
+// Types whose default mode rounds the activations to bf16.
+bool rounds_x(dsv4_type t) {
+    return t == DSV4_TYPE_FP8_E4M3 || t == DSV4_TYPE_BF16;
+}
+
+// Round to the nearest bf16, ties to even, written independently of the library's helper.
+float round_bf16(float v) {
+    const double a = std::fabs((double) v);
+    if (!(a > 0) || std::isinf(v)) {
+        return v;
+    }
+    int e;
+    std::frexp(a, &e);                         // a in [2^(e-1), 2^e)
+    const double ulp = std::ldexp(1.0, e - 8);  // 8 significant bits
+    double q = a / ulp;
+    double r = std::nearbyint(q);             // default rounding mode: ties to even
+    return (float) std::copysign(r * ulp, (double) v);
 }
 
 const char * tname(dsv4_type t) {
@@ -191,11 +215,12 @@ void quantize_like_kernels(const float * x, int64_t n, float * xhat, float * hal
 }
 
 struct ref_out {
-    std::vector<double> y;    // exact product with x (int family: with the quantized x)
+    std::vector<double> y;    // exact product with x as the default mode sees it (int family:
+                              // quantized; FP8/BF16: rounded to bf16)
     std::vector<double> mag;  // sum |w * x| (same x)
-    std::vector<double> y_unq;  // int family: exact product with the unquantized x
-    std::vector<double> mag_unq;  // sum |w * x| with the unquantized x
-    std::vector<double> bound;  // int family: quantization error bound
+    std::vector<double> y_unq;  // exact product with the unmodified x
+    std::vector<double> mag_unq;  // sum |w * x| with the unmodified x
+    std::vector<double> bound;  // int family / FP8 / BF16: bound of the error that x's conversion adds
 };
 
 // Reference for rows x[r] against matrix e of t.
@@ -212,8 +237,14 @@ ref_out reference(const test_weight & t, int64_t e, const float * x, int64_t x_s
         const float * xr = x + r * x_stride;
         if (is_int_family(t.type)) {
             quantize_like_kernels(xr, n, xhat.data(), half.data());
+        } else if (rounds_x(t.type)) {
+            for (int64_t k = 0; k < n; k++) {
+                xhat[(size_t) k] = round_bf16(xr[k]);
+                half[(size_t) k] = std::ldexp(std::fabs(xr[k]), -8);  // half an ulp of 8 significant bits
+            }
         } else {
             std::memcpy(xhat.data(), xr, (size_t) n * sizeof(float));
+            std::fill(half.begin(), half.end(), 0.0f);
         }
         for (int64_t o = 0; o < t.n_out; o++) {
             const float * w = t.dense.data() + (size_t) ((e * t.n_out + o) * n);
@@ -324,10 +355,10 @@ void test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads()
                         g_worst_scalar_vs_exact.add(type, DSV4_ISA_SCALAR, ref.mag[i] > 0 ? err / ref.mag[i] : err);
                         CHECK(err <= k_tol * ref.mag[i] + 1e-30, "%s scalar vs exact: r %lld o %lld: %.9g vs %.9g (mag %g)",
                               what, (long long) r, (long long) o, y, ref.y[i], ref.mag[i]);
-                        if (is_int_family(type)) {
+                        if (is_int_family(type) || rounds_x(type)) {
                             const double qerr = std::fabs(y - ref.y_unq[i]);
                             CHECK(qerr <= ref.bound[i] * (1 + 1e-6) + k_tol * ref.mag[i] + 1e-30,
-                                  "%s quantization error %g above its bound %g", what, qerr, ref.bound[i]);
+                                  "%s activation conversion error %g above its bound %g", what, qerr, ref.bound[i]);
                         }
                     }
                 }
@@ -365,17 +396,20 @@ void test_every_kernel_matches_reference_for_all_types_shapes_rows_and_threads()
 
 void test_float_activations_match_exact_product_on_every_isa_shape_rows_and_threads() {
     const int64_t shapes[][2] = { { 5, 32 }, { 37, 96 }, { 130, 288 }, { 300, 64 }, { 19, 1024 } };
+    const int64_t float_shapes[][2] = { { 5, 13 }, { 37, 200 }, { 130, 300 }, { 300, 130 }, { 19, 1024 } };
     const int64_t row_counts[] = { 1, 2, 5, 6, 7, 33 };
     pools pl;
     rng g(4242);
     std::vector<dsv4_isa> isas = simd_isas();
     isas.insert(isas.begin(), DSV4_ISA_SCALAR);
-    for (dsv4_type type : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4 }) {
+    for (dsv4_type type : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4, DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16,
+                            DSV4_TYPE_FP8_E4M3 }) {
         double worst_quantized = 0;  // the default path on the same data, to show the flag matters
         for (int s = 0; s < 5; s++) {
-            const int64_t n_out = shapes[s][0], n_in = shapes[s][1];
+            const bool fam = is_int_family(type);
+            const int64_t n_out = fam ? shapes[s][0] : float_shapes[s][0], n_in = fam ? shapes[s][1] : float_shapes[s][1];
             test_weight t;
-            make_weight(t, type, 1, n_out, n_in, s == 1 ? 7 : 0, g);
+            make_weight(t, type, 1, n_out, n_in, s == 1 ? 7 : 0, g, s != 2);
             for (int64_t R : row_counts) {
                 const int64_t x_stride = n_in + 3, y_stride = n_out + 5;
                 const std::vector<float> x = make_x(R, n_in, x_stride, g);
@@ -413,8 +447,10 @@ void test_float_activations_match_exact_product_on_every_isa_shape_rows_and_thre
                 }
             }
         }
-        CHECK(worst_quantized > 100 * k_tol, "%s: the quantized default path should be visibly less exact (worst %g)",
-              tname(type), worst_quantized);
+        if (is_int_family(type) || rounds_x(type)) {
+            CHECK(worst_quantized > (is_int_family(type) ? 100 : 10) * k_tol, "%s: the default path should be visibly less exact (worst %g)",
+                  tname(type), worst_quantized);
+        }
     }
 }
 
@@ -491,9 +527,6 @@ void test_moe_matches_per_pair_products(bool float_activations) {
     rng g(float_activations ? 199 : 99);
     const int32_t n_expert = 6, k = 3;
     for (dsv4_type type : types) {
-        if (float_activations && !is_int_family(type)) {
-            continue;
-        }
         for (int64_t n_tok : { 1, 6, 7 }) {
             const int64_t n_out = 70, n_in = type == DSV4_TYPE_FP8_E4M3 || type == DSV4_TYPE_BF16 ? 200 : 160;
             test_weight t;
@@ -618,6 +651,66 @@ void test_moe_matches_per_pair_products(bool float_activations) {
                     }
                 }
             }
+        }
+    }
+}
+
+// A row's result does not depend on the batch it is in (speculative verification and chunked
+// prefill rely on it): every ISA, every type, default and exact mode, R = 33 rows (FP8: the
+// decoded-strip path of the AVX512_BF16 kernel) against the same rows one at a time, bit for bit.
+void test_rows_are_independent_of_the_batch() {
+    const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
+                                DSV4_TYPE_MXFP4 };
+    std::vector<dsv4_isa> isas = simd_isas();
+    isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+    pools pl;
+    rng g(777);
+    for (dsv4_type type : types) {
+        const int64_t n_out = 133, n_in = is_int_family(type) ? 320 : 300, R = 33;
+        test_weight t;
+        make_weight(t, type, 1, n_out, n_in, 0, g);
+        const std::vector<float> x = make_x(R, n_in, n_in, g);
+        for (dsv4_isa isa : isas) {
+            for (bool fx : { false, true }) {
+                const std::vector<float> all = run_matmul(t, isa, pl.get(2), x, n_in, R, n_out, "batch", fx);
+                for (int64_t r = 0; r < R; r++) {
+                    const std::vector<float> xr(x.begin() + r * n_in, x.begin() + (r + 1) * n_in);
+                    const std::vector<float> one = run_matmul(t, isa, nullptr, xr, n_in, 1, n_out, "single", fx);
+                    CHECK(std::memcmp(one.data(), all.data() + r * n_out, (size_t) n_out * sizeof(float)) == 0,
+                          "%s %s%s: row %lld alone differs from the batch of %lld", tname(type), dsv4_isa_name(isa),
+                          fx ? " (float activations)" : "", (long long) r, (long long) R);
+                }
+            }
+        }
+    }
+}
+
+// FP8 rows with power-of-two block scales and the BF16 matrix of the same values (what the
+// llama.cpp BF16 layout stores) give bit-identical results in the default mode on every ISA.
+void test_fp8_and_bf16_of_the_same_values_agree_bitwise() {
+    std::vector<dsv4_isa> isas = simd_isas();
+    isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+    rng g(31337);
+    const int64_t n_out = 260, n_in = 330;
+    test_weight f8;
+    make_weight(f8, DSV4_TYPE_FP8_E4M3, 1, n_out, n_in, 0, g);
+    test_weight b16;
+    b16.type = DSV4_TYPE_BF16;
+    b16.data.resize((size_t) (n_out * n_in) * 2);
+    for (size_t i = 0; i < f8.dense.size(); i++) {
+        const uint16_t h = dsv4_f32_to_bf16(f8.dense[i]);
+        CHECK(dsv4_mm_bf16_to_f32(h) == f8.dense[i], "FP8 value %zu is not exact in bf16", i);
+        std::memcpy(b16.data.data() + 2 * i, &h, 2);
+    }
+    dsv4_weight_init(&b16.w, DSV4_TYPE_BF16, n_out, n_in, b16.data.data(), nullptr);
+    b16.n_out = n_out;
+    for (int64_t R : { 1, 6, 33 }) {
+        const std::vector<float> x = make_x(R, n_in, n_in, g);
+        for (dsv4_isa isa : isas) {
+            const std::vector<float> a = run_matmul(f8, isa, nullptr, x, n_in, R, n_out, "fp8");
+            const std::vector<float> b = run_matmul(b16, isa, nullptr, x, n_in, R, n_out, "bf16");
+            CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, "%s R=%lld: FP8 and BF16 differ",
+                  dsv4_isa_name(isa), (long long) R);
         }
     }
 }
@@ -757,7 +850,7 @@ void print_summary() {
                     g_worst_vs_scalar.v[t][DSV4_ISA_AVX512], g_worst_vs_scalar.v[t][DSV4_ISA_NEON]);
     }
     std::printf("float activations, worst |error| / sum|w*x| vs the exact product: scalar / avx2 / avx512 / neon\n");
-    for (dsv4_type t : { DSV4_TYPE_Q8_0, DSV4_TYPE_MXFP4 }) {
+    for (dsv4_type t : types) {
         std::printf("  %-9s                 %.2e          %.2e         %.2e           %.2e\n", tname(t),
                     g_worst_fx_vs_exact.v[t][DSV4_ISA_SCALAR], g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX2],
                     g_worst_fx_vs_exact.v[t][DSV4_ISA_AVX512], g_worst_fx_vs_exact.v[t][DSV4_ISA_NEON]);
@@ -778,6 +871,8 @@ int main() {
     test_float_activations_match_exact_product_on_every_isa_shape_rows_and_threads();
     test_moe_matches_per_pair_products(false);
     test_moe_matches_per_pair_products(true);
+    test_rows_are_independent_of_the_batch();
+    test_fp8_and_bf16_of_the_same_values_agree_bitwise();
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
     test_matmul_on_a_busy_pool_is_refused();

@@ -61,6 +61,17 @@ extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx2;
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_avx512;
 #endif
+
+// FP8 / BF16 weights with bf16 activations (the default mode): native bf16 dot-product kernels
+// where the CPU has them (x86-64 AVX512_BF16 + AVX512_VBMI, dsv4-matmul-avx512bf16.cpp). Their
+// rows arrive already rounded (dsv4_mm_round_bf16); ISAs without such kernels run their f32
+// kernels on the same rounded rows, which is the same arithmetic up to summation order.
+struct dsv4_mm_bf16x_kernels {
+    dsv4_mm_kernel fp8, bf16;
+};
+#if defined(__x86_64__)
+extern const struct dsv4_mm_bf16x_kernels dsv4_mm_kernels_avx512bf16;
+#endif
 #if defined(__aarch64__)
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_neon;
 #endif
@@ -92,11 +103,22 @@ static inline size_t dsv4_mm_tmp_ptr_bytes(int64_t n_rows) {
     return (size_t) dsv4_mm_pad16(2 * n_rows) * sizeof(float);
 }
 
+// FP8 / BF16 with bf16 activations: n_rows bf16 rows of n_in padded to 64, plus a strip of
+// DSV4_MM_BF16X_STRIP decoded bf16 weight rows (the AVX512_BF16 kernels).
+#define DSV4_MM_BF16X_STRIP 4
+
 static inline size_t dsv4_mm_tmp_bytes(dsv4_type type, int64_t n_in, int64_t n_rows) {
     const size_t row = (size_t) dsv4_mm_pad16(n_in) * sizeof(float);
     const size_t n = type == DSV4_TYPE_FP8_E4M3 ? (size_t) n_rows + 1 : 1;
-    return (dsv4_mm_tmp_ptr_bytes(n_rows) + n * row + 63) & ~(size_t) 63;
+    size_t bytes = dsv4_mm_tmp_ptr_bytes(n_rows) + n * row;
+    if (type == DSV4_TYPE_FP8_E4M3 || type == DSV4_TYPE_BF16) {
+        const size_t row16 = (size_t) ((n_in + 63) & ~(int64_t) 63) * sizeof(uint16_t);
+        const size_t bx = dsv4_mm_tmp_ptr_bytes(n_rows) + ((size_t) n_rows + DSV4_MM_BF16X_STRIP) * row16;
+        bytes = bx > bytes ? bx : bytes;
+    }
+    return (bytes + 63) & ~(size_t) 63;
 }
+
 
 static inline const float * dsv4_mm_x_row(const struct dsv4_mm_rows * rows, int64_t i) {
     const int64_t r = rows->x_idx ? rows->x_idx[i] : i;
@@ -140,6 +162,19 @@ static inline float dsv4_mm_f16_to_f32(uint16_t h) {
 
 static inline float dsv4_mm_bf16_to_f32(uint16_t h) {
     return dsv4_mm_bits_f32((uint32_t) h << 16);
+}
+
+// x rounded to the nearest bf16 (ties to even), as f32; NaN stays NaN, overflow gives inf like
+// any round-to-nearest. Every ISA (and vcvtneps2bf16) rounds the same way.
+static inline float dsv4_mm_round_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+        u |= 0x00400000u;  // quiet NaN, payload kept in the top bits
+    } else {
+        u += 0x7FFFu + ((u >> 16) & 1u);
+    }
+    return dsv4_mm_bits_f32(u & 0xFFFF0000u);
 }
 
 // e4m3fn (bias 7, subnormals, no inf). NaN bytes (0x7F, 0xFF) are rejected at load; here they

@@ -43,6 +43,36 @@ bool call_quantizes_x(const dsv4_matmul_params * p, dsv4_type type) {
     return type_quantizes_x(type) && !(p && p->float_activations);
 }
 
+bool type_rounds_x(dsv4_type type) {
+    return type == DSV4_TYPE_FP8_E4M3 || type == DSV4_TYPE_BF16;
+}
+
+// Whether this call rounds the activations to bf16 (FP8 / BF16 unless float_activations).
+bool call_rounds_x(const dsv4_matmul_params * p, dsv4_type type) {
+    return type_rounds_x(type) && !(p && p->float_activations);
+}
+
+// Bytes per activation row the driver prepares in scratch: quantized rows (Q8_0 / MXFP4) or
+// bf16-rounded f32 rows (FP8 / BF16); 0 when the kernel reads the caller's rows.
+size_t act_row_bytes(dsv4_type type, bool quantize, bool round, int64_t n_in) {
+    if (quantize && type_quantizes_x(type)) {
+        return dsv4_mm_xq_row_bytes(n_in);
+    }
+    if (round && type_rounds_x(type)) {
+        return ((size_t) n_in * sizeof(float) + 63) & ~(size_t) 63;
+    }
+    return 0;
+}
+
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+#else
+    return false;
+#endif
+}
+
 int32_t quantize_bias(dsv4_type type) {
     return type == DSV4_TYPE_Q8_0 ? DSV4_MM_Q8_0_BIAS : DSV4_MM_MXFP4_BIAS;
 }
@@ -65,7 +95,18 @@ const dsv4_mm_isa_kernels * isa_kernels(dsv4_isa isa) {
     }
 }
 
-dsv4_mm_kernel kernel_for(const dsv4_mm_isa_kernels * k, dsv4_type type, bool quantized_x) {
+// rounded_x: FP8 / BF16 rows arrive rounded to bf16; on AVX-512 CPUs with AVX512_BF16 they go to
+// the native bf16 dot-product kernels, elsewhere to the f32 kernels (same arithmetic).
+dsv4_mm_kernel kernel_for(dsv4_isa isa, const dsv4_mm_isa_kernels * k, dsv4_type type, bool quantized_x,
+                          bool rounded_x) {
+#if defined(__x86_64__)
+    if (rounded_x && isa == DSV4_ISA_AVX512 && cpu_has_avx512_bf16()) {
+        return type == DSV4_TYPE_FP8_E4M3 ? dsv4_mm_kernels_avx512bf16.fp8 : dsv4_mm_kernels_avx512bf16.bf16;
+    }
+#else
+    (void) isa;
+    (void) rounded_x;
+#endif
     switch (type) {
         case DSV4_TYPE_F32:   return k->f32;
         case DSV4_TYPE_F16:   return k->f16;
@@ -185,6 +226,14 @@ struct quantize_task {
     uint8_t * xq;
     size_t xq_stride;
 };
+
+// dsv4_mm_quantize-shaped: x rounded to bf16 values (f32) into dst.
+void round_row(const float * x, int64_t n, uint8_t * dst, int32_t) {
+    float * y = (float *) dst;
+    for (int64_t k = 0; k < n; k++) {
+        y[k] = dsv4_mm_round_bf16(x[k]);
+    }
+}
 
 void quantize_fn(void * ctx, int ith, int nth) {
     const quantize_task * t = (const quantize_task *) ctx;
@@ -367,12 +416,12 @@ extern "C" dsv4_matmul_params dsv4_matmul_default_params(void) {
     return p;
 }
 
-// quantized_x: room for the quantized activations. The public sizes pass type_quantizes_x (an
-// upper bound over float_activations: the float-activation kernels need the same per-thread tmp
-// and no quantized rows), the calls their actual mode.
-static size_t scratch_bytes(dsv4_type type, bool quantized_x, int64_t n_in, int64_t n_x_rows, int64_t rows_per_call,
+// converted_x: room for the prepared activations (quantized or bf16-rounded rows). The public
+// sizes pass true (an upper bound over float_activations: the float-activation kernels need the
+// same per-thread tmp and no prepared rows), the calls their actual mode.
+static size_t scratch_bytes(dsv4_type type, bool converted_x, int64_t n_in, int64_t n_x_rows, int64_t rows_per_call,
                             int n_threads) {
-    const size_t xq = quantized_x ? align64(dsv4_mm_xq_row_bytes(n_in) * (size_t) n_x_rows) : 0;
+    const size_t xq = align64(act_row_bytes(type, converted_x, converted_x, n_in) * (size_t) n_x_rows);
     const size_t tmp = dsv4_mm_tmp_bytes(type, n_in, rows_per_call) * (size_t) (n_threads > 0 ? n_threads : 1);
     return xq + tmp + 64;  // + 64: room to align a caller's buffer
 }
@@ -381,7 +430,7 @@ extern "C" size_t dsv4_matmul_scratch_size(const dsv4_weight * w, int64_t n_rows
     if (!w || n_rows < 0) {
         return 0;
     }
-    return scratch_bytes(w->type, type_quantizes_x(w->type), w->n_in, n_rows, n_rows, n_threads);
+    return scratch_bytes(w->type, true, w->n_in, n_rows, n_rows, n_threads);
 }
 
 extern "C" size_t dsv4_matmul_moe_scratch_size(const dsv4_weight * w, int64_t n_x_rows, int64_t max_rows_per_expert,
@@ -389,14 +438,15 @@ extern "C" size_t dsv4_matmul_moe_scratch_size(const dsv4_weight * w, int64_t n_
     if (!w || n_x_rows < 0 || max_rows_per_expert < 0) {
         return 0;
     }
-    return scratch_bytes(w->type, type_quantizes_x(w->type), w->n_in, n_x_rows, max_rows_per_expert, n_threads);
+    return scratch_bytes(w->type, true, w->n_in, n_x_rows, max_rows_per_expert, n_threads);
 }
 
 // The activation/output rows of one call (shared by dsv4_matmul and dsv4_matmul_moe): plain f32
-// rows, plus, when the kernel is integer (qx), the activations quantized once into scratch at *p
-// (which advances past them). rows->n is left 0 for the caller to set.
+// rows, plus, when the kernel is integer (qx), the activations quantized once into scratch at *p,
+// or, when they are rounded to bf16 (rx), the rounded f32 rows there instead (*p advances past
+// them). rows->n is left 0 for the caller to set.
 static dsv4_status prepare_rows(const dsv4_mm_isa_kernels * kern, const dsv4_weight * w, dsv4_threadpool * pool,
-                                bool qx, const float * x, int64_t x_stride, int64_t n_x_rows, float * y,
+                                bool qx, bool rx, const float * x, int64_t x_stride, int64_t n_x_rows, float * y,
                                 int64_t y_stride, uint8_t ** p, dsv4_mm_rows * rows) {
     rows->n = 0;
     rows->x = x;
@@ -407,17 +457,22 @@ static dsv4_status prepare_rows(const dsv4_mm_isa_kernels * kern, const dsv4_wei
     rows->y = y;
     rows->y_stride = y_stride;
     rows->y_idx = nullptr;
-    if (!qx) {
+    if (!qx && !rx) {
         return DSV4_OK;
     }
-    quantize_task q = { kern->quantize, quantize_bias(w->type), x, x_stride, n_x_rows, w->n_in, *p,
-                        dsv4_mm_xq_row_bytes(w->n_in) };
+    quantize_task q = { qx ? kern->quantize : round_row, qx ? quantize_bias(w->type) : 0, x, x_stride, n_x_rows,
+                        w->n_in, *p, act_row_bytes(w->type, qx, rx, w->n_in) };
     dsv4_status st = run_quantize(pool, &q);
     if (st != DSV4_OK) {
         return st;
     }
-    rows->xq = *p;
-    rows->xq_stride = (int64_t) q.xq_stride;
+    if (qx) {
+        rows->xq = *p;
+        rows->xq_stride = (int64_t) q.xq_stride;
+    } else {
+        rows->x = (const float *) *p;
+        rows->x_stride = (int64_t) (q.xq_stride / sizeof(float));
+    }
     *p += align64(q.xq_stride * (size_t) n_x_rows);
     return DSV4_OK;
 }
@@ -451,17 +506,18 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     const int nth = dsv4_threadpool_n_threads(pool);
 
     const bool qx = call_quantizes_x(params, w->type);
+    const bool rx = call_rounds_x(params, w->type);
     scratch_buf scratch;
-    if ((st = get_scratch(params, scratch_bytes(w->type, qx, w->n_in, n_rows, n_rows, nth) - 64, &scratch, fn)) !=
+    if ((st = get_scratch(params, scratch_bytes(w->type, qx || rx, w->n_in, n_rows, n_rows, nth) - 64, &scratch, fn)) !=
         DSV4_OK) {
         return st;
     }
     uint8_t * p = scratch.base;
 
     dense_task t;
-    t.kernel = kernel_for(kern, w->type, qx);
+    t.kernel = kernel_for(isa, kern, w->type, qx, rx);
     t.w = expert_view(w, 0);
-    if ((st = prepare_rows(kern, w, pool, qx, x, x_stride, n_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
+    if ((st = prepare_rows(kern, w, pool, qx, rx, x, x_stride, n_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
         return st;
     }
     t.rows.n = n_rows;
@@ -528,18 +584,19 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     const int nth = dsv4_threadpool_n_threads(pool);
 
     const bool qx = call_quantizes_x(params, w->type);
+    const bool rx = call_rounds_x(params, w->type);
     scratch_buf scratch;
-    const size_t need = scratch_bytes(w->type, qx, w->n_in, n_x_rows, max_rows, nth) - 64;
+    const size_t need = scratch_bytes(w->type, qx || rx, w->n_in, n_x_rows, max_rows, nth) - 64;
     if ((st = get_scratch(params, need, &scratch, fn)) != DSV4_OK) {
         return st;
     }
     uint8_t * p = scratch.base;
 
     moe_task t;
-    t.kernel = kernel_for(kern, w->type, qx);
+    t.kernel = kernel_for(isa, kern, w->type, qx, rx);
     t.w = w;
     t.routes = routes;
-    if ((st = prepare_rows(kern, w, pool, qx, x, x_stride, n_x_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
+    if ((st = prepare_rows(kern, w, pool, qx, rx, x, x_stride, n_x_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
         return st;
     }
     t.tmp = p;

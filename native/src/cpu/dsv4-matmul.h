@@ -6,9 +6,13 @@
 // aligned ranges, so threads stream disjoint weights and never share an output cache line).
 //
 // Types, with how each is computed:
-//   F32, F16, BF16, FP8_E4M3 (e4m3 bytes + F32 128x128 block scales): weights decoded to f32 and
-//     multiplied with the f32 activations (FMA); SIMD matches the scalar reference to within
-//     float rounding.
+//   F32, F16: weights decoded to f32 and multiplied with the f32 activations (FMA); SIMD matches
+//     the scalar reference to within float rounding.
+//   BF16, FP8_E4M3 (e4m3 bytes + F32 128x128 block scales): by default the activations are first
+//     rounded to bf16 (nearest-even, once per call), then multiplied with the exactly decoded
+//     weights with f32 accumulation: on CPUs with AVX512_BF16 (+ VBMI) by vdpbf16ps (twice the
+//     multiply-adds of an f32 FMA; FP8 -> bf16 by byte look-ups), elsewhere by the f32 kernels on
+//     the rounded rows. With params.float_activations the f32 activations are used unrounded.
 //   Q8_0, MXFP4: activations are quantized once per call to 8-bit blocks of 32 (f32 scale per
 //     block, round-to-nearest-even), then integer dot products per block scaled by d_w * d_x.
 //     SIMD matches the scalar reference on the same quantized activations to within float
@@ -79,10 +83,11 @@ struct dsv4_matmul_params {
     enum dsv4_isa isa;              // AUTO, or a specific level (tests, benchmarks)
     void *   scratch;               // NULL: allocated per call (tests); the context passes its own
     size_t   scratch_size;          // >= dsv4_matmul_scratch_size(...) when scratch is given
-    bool     float_activations;     // Q8_0 / MXFP4 weights: false (default) quantizes the activations
-                                    // to 8-bit blocks (integer dots, fastest); true decodes the
-                                    // weights to f32 and uses FMA with the f32 activations (exact to
-                                    // float rounding). Other types ignore it.
+    bool     float_activations;     // false (default): Q8_0 / MXFP4 quantize the activations to
+                                    // 8-bit blocks (integer dots), BF16 / FP8 round them to bf16
+                                    // (bf16 dots where the CPU has them), the fastest paths; true:
+                                    // the f32 activations as given, weights decoded to f32, FMA
+                                    // (exact to float rounding). F32 / F16 ignore it.
 };
 
 struct dsv4_matmul_params dsv4_matmul_default_params(void);
