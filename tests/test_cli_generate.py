@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -67,3 +68,47 @@ def test_cli_errors(converted, tmp_path) -> None:
     assert proc.returncode == 2 and "top_p must be in (0, 1]" in proc.stderr and "Traceback" not in proc.stderr
     proc = _dsv4("generate", str(converted()), "-p", "word " * 300, "--n-ctx", "64")
     assert proc.returncode == 1 and "context" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chat_is_interactive_on_a_terminal(converted) -> None:
+    """On a pty: a prompt per turn, each reply streamed with its statistics, history kept, empty line quits."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "dsv4", "chat", str(converted()), "-n", "8", "--temperature", "0",
+                             "--n-ctx", "256"], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, count: int) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 120
+        while seen.count(marker) < count:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"> ", 1)
+        os.write(master, b"hello\n")
+        read_until(b"tokens/s", 1)
+        read_until(b"> ", 2)
+        os.write(master, b"and again\n")
+        read_until(b"tokens/s", 2)
+        read_until(b"> ", 3)
+        os.write(master, b"\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "dsv4 chat with" in text and text.count("finish:") == 2 and "Traceback" not in text
+    first, second = (int(n) for n in re.findall(r"\(prompt (\d+) tokens", text))
+    assert second > first + 5  # the second turn carries the first exchange
