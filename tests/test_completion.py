@@ -29,6 +29,7 @@ def _stream_text(chunks) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(temperature=0.0, speculative=True),
+                                dict(temperature=0.0, speculative=True, confidence_threshold=0.5),
                                 dict(temperature=1.0, seed=7), dict(temperature=0.9, top_k=40, top_p=0.9, seed=3,
                                                                      speculative=True, draft_max=3)])
 def test_stream_joined_equals_plain(model, kw) -> None:
@@ -49,6 +50,8 @@ def test_stream_joined_equals_plain(model, kw) -> None:
     if s["speculative"]:
         assert len(s["accepted_at"]) == s["draft_max"] == kw.get("draft_max", 5)
         assert s["drafted"] > 0 and s["accepted"] == sum(s["accepted_at"]) and s["draft_s"] > 0
+        assert s["drafted"] == sum(s["verified_at"]) and len(s["verified_at"]) == s["draft_max"]
+        assert s["acceptance_by_position"] == [a / v if v else 0.0 for a, v in zip(s["accepted_at"], s["verified_at"])]
         assert s["tau"] == pytest.approx(1 + s["accepted"] / s["rounds"])
 
 

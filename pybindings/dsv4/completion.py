@@ -398,6 +398,8 @@ def speculative_stats(stats: Mapping[str, Any], n_tokens: int, req: _Request,
         if req.draft_max:
             gamma = min(gamma, req.draft_max) if gamma else req.draft_max
     accepted_at = [int(a) for a in stats.get("accepted_at", [])][:gamma]
+    # Rounds that verified draft k (fewer than all rounds with adaptive length or near the end).
+    verified_at = [int(v) for v in stats.get("verified_at", [rounds] * gamma)][:gamma]
     total, prefill = float(stats.get("total_s", 0.0)), float(stats.get("prefill_s", 0.0))
     decode_s = total - prefill
     return {
@@ -411,7 +413,8 @@ def speculative_stats(stats: Mapping[str, Any], n_tokens: int, req: _Request,
         "drafted": int(stats.get("drafted", 0)),
         "accepted": int(stats.get("accepted", 0)),
         "accepted_at": accepted_at,
-        "acceptance_by_position": [a / rounds if rounds else 0.0 for a in accepted_at],
+        "verified_at": verified_at,
+        "acceptance_by_position": [a / v if v else 0.0 for a, v in zip(accepted_at, verified_at)],
         "prefill_s": prefill,
         "draft_s": float(stats.get("draft_s", 0.0)),
         "verify_s": float(stats.get("verify_s", 0.0)),
