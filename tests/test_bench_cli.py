@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from dsv4 import _native
@@ -33,6 +34,7 @@ def test_bench_writes_every_key_with_sane_values(converted, tmp_path, capsys, ll
         assert r["logits_finite"]
     assert report["arch"] == ("deepseek4" if llama_cpp else "dsv4")
     assert 1.0 < report["verify6_bytes_over_decode1"] < 6.0
+    assert 1.0 <= report["verify6_bytes_over_decode1_measured"] < 6.0
     assert report["machine"]["cpus"] >= 1 and report["settings"]["runs"] == 1
 
 
@@ -70,3 +72,22 @@ def test_native_read_bandwidth():
         _native.read_bandwidth(0)
     with pytest.raises(ValueError, match="at least"):
         _native.read_bandwidth(1, 16, 1)
+
+
+def test_routed_expert_bytes_count_each_selected_expert_once(converted):
+    """The forward pass counts the routed-expert bytes it streams: k experts per layer for one row,
+    the union of the rows' choices (a whole number of experts, at most min(E, 6k)) for six."""
+    path = converted()
+    cfg = FIXTURE_CONFIG
+    n_layer, n_exp, k = cfg["num_hidden_layers"], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    bpt = bytes_per_token(path)
+    per_expert = bpt["parts"]["layers_experts"] // (n_layer * k)  # gate + up + down of one expert
+    tokens = np.random.default_rng(3).integers(0, cfg["vocab_size"], 40).astype(np.int32)
+    steps = _native.routed_expert_bytes(str(path), tokens, 8, n_rows=6, n_steps=4)
+    assert len(steps) == 4
+    for one, six in steps:
+        assert one == bpt["parts"]["layers_experts"]
+        assert six % per_expert == 0 and one < six <= n_layer * min(n_exp, 6 * k) * per_expert
+    with pytest.raises(ValueError, match="at least"):
+        _native.routed_expert_bytes(str(path), tokens[:10], 8, n_rows=6, n_steps=4)
+

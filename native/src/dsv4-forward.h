@@ -67,6 +67,8 @@ struct dsv4_forward {
     float * eg = nullptr, * eu = nullptr, * ed = nullptr;  // [nb*k, I], [nb*k, I], [nb*k, d]
     float * sg = nullptr, * su = nullptr;     // [nb, I]
     int32_t * r_expert = nullptr, * r_offset = nullptr, * r_xrow = nullptr, * r_yrow = nullptr;
+    uint64_t moe_expert_bytes = 0;  // routed-expert weight bytes streamed so far (each selected
+                                    // expert's gate/up/down once per call: benchmarks read it)
     void * mm_scratch = nullptr;
     size_t mm_scratch_size = 0;
 };

@@ -86,6 +86,8 @@ dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const i
                                        f->r_yrow, &routes)) != DSV4_OK) {
         return st;
     }
+    f->moe_expert_bytes += (uint64_t) routes.n_sel * (L.ffn_gate_exps.expert_stride + L.ffn_up_exps.expert_stride +
+                                                      L.ffn_down_exps.expert_stride);
     const dsv4_matmul_params mp = dsv4_fwd_matmul_params(f);
     const int64_t n_pairs = (int64_t) n * k;
     if ((st = dsv4_matmul_moe(&mp, &L.ffn_gate_exps, &routes, xn, d, n, f->eg, I, n_pairs)) != DSV4_OK) return st;

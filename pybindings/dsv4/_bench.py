@@ -29,7 +29,9 @@ back to where it started, over the median time of a 1-row step + truncate at the
 (the pairs alternate). Six rows read more than one: each row picks its own k experts, so the
 report also gives verify6_bytes_over_decode1, the ratio of bytes read under independent uniform
 routing (E (1 - ((E - k) / E)^6) experts per layer instead of k), the memory-bound floor of
-verify6_over_decode1 with random tokens. decode_tps times plain steps (no truncate); prefill_tps one decode call of
+verify6_over_decode1 with random tokens; verify6_bytes_over_decode1_measured is the same ratio from
+the experts the 6-row steps really selected (the forward pass counts the routed-expert bytes it
+streams; a separate context runs the same tokens at the same positions). decode_tps times plain steps (no truncate); prefill_tps one decode call of
 --prefill tokens from an empty cache, logits for the last row only.
 """
 from __future__ import annotations
@@ -196,7 +198,7 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         raise ValueError("runs, decode-tokens, prompt, prefill and verify-reps must be >= 1, and threads non-empty")
     bpt = bytes_per_token(path)
     model = _native.Model(str(path), load_draft=False)
-    n_tokens = max(s.prefill, s.prompt + s.decode_tokens + VERIFY_ROWS)
+    n_tokens = max(s.prefill, s.prompt + max(s.decode_tokens, s.verify_reps) + VERIFY_ROWS)
     tokens = np.random.default_rng(s.seed).integers(0, model.n_vocab, n_tokens).astype(np.int32)
     contexts = {t: _native.Context(model, n_ctx=n_tokens + 8, n_threads=t, n_batch=s.n_batch) for t in s.threads}
     per_thread: dict[int, list[dict[str, float]]] = {t: [] for t in s.threads}
@@ -213,6 +215,14 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         for c in contexts.values():
             c.close()
         model.close()
+
+    # The bytes a 6-row step really reads relative to a 1-row step: the experts its rows picked
+    # (the file's own routing on these tokens), counted by the forward pass.
+    steps = _native.routed_expert_bytes(str(path), tokens, s.prompt, VERIFY_ROWS, s.verify_reps, s.threads[0])
+    dense = bpt["total"] - bpt["parts"]["layers_experts"]
+    e1 = sum(a for a, _ in steps) / len(steps)
+    e6 = sum(b for _, b in steps) / len(steps)
+    measured_ratio = (dense + (VERIFY_ROWS - 1) * bpt["parts"]["embedding_row"] + e6) / (dense + e1)
 
     results = []
     for t in s.threads:
@@ -245,6 +255,10 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         "bytes_per_token_parts": bpt["parts"],
         # the memory-bound floor of verify6_over_decode1 under uniform routing (random tokens)
         "verify6_bytes_over_decode1": round(bpt["verify6_total"] / bpt["total"], 3),
+        # the same from the experts the 6-row steps actually selected (mean over verify_reps positions)
+        "verify6_bytes_over_decode1_measured": round(measured_ratio, 3),
+        "routed_expert_bytes_1row": int(round(e1)),
+        "routed_expert_bytes_6rows": int(round(e6)),
         "settings": asdict(s),
         "machine": machine_info(),
         "results": results,
@@ -258,7 +272,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"decoded token",
         f"medians of {s['runs']} run(s); decode after {s['prompt']} tokens, prefill {s['prefill']} tokens in "
         f"chunks of {s['n_batch']}; a 6-row step reads {report['verify6_bytes_over_decode1']:.2f}x the bytes of "
-        f"1 row (uniform routing)",
+        f"1 row (uniform routing), {report['verify6_bytes_over_decode1_measured']:.2f}x with the experts it selected",
         "",
         f"{'threads':>7} {'GB/s':>7} {'limit tok/s':>11} {'decode tok/s':>12} {'of limit':>8} "
         f"{'verify6/decode1':>15} {'prefill tok/s':>13}",

@@ -73,6 +73,9 @@ def gguf_read(path: str) -> dict[str, Any]:
 # Benchmark helpers (bind_bench.cpp).
 def read_bandwidth(n_threads: int, bytes: int = 256 << 20, reps: int = 5, prefetch: bool = False) -> float:
     """GB/s of the native read loop over a fresh `bytes` buffer on n_threads threads (median of reps passes)."""
+def routed_expert_bytes(path: str, tokens: npt.ArrayLike, prompt: int, n_rows: int = 6, n_steps: int = 8,
+                        n_threads: int = 1) -> list[tuple[int, int]]:
+    """Routed-expert bytes a 1-row and an n_rows-row step stream at each of n_steps positions after a prompt."""
 
 # Models and contexts (bind_model.cpp).
 class Model:
