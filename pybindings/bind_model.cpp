@@ -364,6 +364,15 @@ struct py_context {
         return py::make_tuple(drafts, logits);
     }
 
+    py::list state_digest() const {
+        dsv4_context * c = get();
+        std::vector<uint64_t> d((size_t) dsv4_model_n_layer(m.get()) + 1);
+        check(dsv4_context_state_digest(c, d.data(), (int32_t) d.size()));
+        py::list out;
+        for (uint64_t v : d) out.append(v);
+        return out;
+    }
+
     // Test hook: the logical cache state of target layer il (dsv4-kv-cache.h).
     py::dict layer_state(int32_t il) const {
         dsv4_layer_state s;
@@ -417,6 +426,9 @@ void dsv4_bind_model(py::module_ & m) {
         .def_property_readonly("n_past", [](const py_context & s) { return dsv4_context_n_past(s.get()); })
         .def_property_readonly("max_rollback", [](const py_context & s) { return dsv4_context_max_rollback(s.get()); })
         .def("memory", &py_context::memory, "Bytes: weight_bytes, cache_bytes, cache_bytes_per_token, scratch_bytes.")
+        .def("_state_digest", &py_context::state_digest,
+             "Test hook (dsv4_context_state_digest): [digest of each target layer's readable cache bytes..., digest "
+             "of the DSpark rings (0 without a draft)].")
         .def("_layer_state", &py_context::layer_state, py::arg("layer"),
              "Test hook: the logical cache state of a target layer (window, comp, compressor inputs, indexer).")
         .def("_draft_inject", &py_context::draft_inject, py::arg("features"), py::arg("pos0"),

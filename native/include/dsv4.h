@@ -99,6 +99,13 @@ dsv4_status dsv4_decode(dsv4_context * ctx, const int32_t * tokens, int32_t n_to
 dsv4_status dsv4_context_truncate(dsv4_context * ctx, int32_t n_past);
 int32_t     dsv4_context_max_rollback(const dsv4_context * ctx);
 
+// Digests (64-bit) of the cache bytes a continuation of the current sequence can read, for tests of
+// exact rollback: out[il] for target layer il (window ring rows, every compressed entry and indexer
+// key, the compressor inputs of the partial state: dsv4-kv-cache.h says exactly which bytes),
+// out[n_layer] for the DSpark rings (0 without a draft). Two contexts that committed the same
+// rows agree on every value, whatever they ran and rolled back in between. n_out >= n_layer + 1.
+dsv4_status dsv4_context_state_digest(const dsv4_context * ctx, uint64_t * out, int32_t n_out);
+
 typedef struct dsv4_memory_report {
     uint64_t weight_bytes;          // bound model tensors (mapped)
     uint64_t cache_bytes;           // all per-layer caches at n_ctx

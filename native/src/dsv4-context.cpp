@@ -209,6 +209,17 @@ extern "C" dsv4_status dsv4_context_memory(const dsv4_context * ctx, dsv4_memory
     return DSV4_OK;
 }
 
+extern "C" dsv4_status dsv4_context_state_digest(const dsv4_context * ctx, uint64_t * out, int32_t n_out) {
+    if (!ctx || !out) return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_context_state_digest: NULL argument");
+    const int32_t n_layer = ctx->model->hp.n_layer;
+    if (n_out < n_layer + 1) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "dsv4_context_state_digest: needs %d slots, got %d", n_layer + 1, n_out);
+    }
+    for (int32_t il = 0; il < n_layer; il++) out[il] = dsv4_kv_cache_digest(&ctx->cache, il, ctx->n_past);
+    out[n_layer] = ctx->draft ? dsv4_draft_digest(ctx->draft) : 0;
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_context_layer_state(const dsv4_context * ctx, int32_t il, dsv4_layer_state * out) {
     try {
         return dsv4_kv_cache_layer_state(&ctx->cache, il, ctx->n_past, out);

@@ -6,6 +6,7 @@
 
 #include "dsv4-forward-ops.h"
 #include "dsv4-impl.h"
+#include "dsv4-kv-cache.h"
 
 #include <string.h>
 
@@ -68,6 +69,18 @@ void dsv4_draft_free(dsv4_draft * d) {
 
 void dsv4_draft_reset(dsv4_draft * d) {
     std::fill(d->ring_pos.begin(), d->ring_pos.end(), -1);
+}
+
+uint64_t dsv4_draft_digest(const dsv4_draft * d) {
+    const size_t hd = (size_t) d->model->hp.head_dim;
+    uint64_t h = dsv4_hash(DSV4_HASH_INIT, d->ring_pos.data(), d->ring_pos.size() * sizeof(int32_t));
+    for (int32_t s = 0; s < d->n_stage; s++) {
+        for (int32_t slot = 0; slot < d->W; slot++) {
+            if (d->ring_pos[(size_t) slot] < 0) continue;
+            h = dsv4_hash(h, d->ring.data() + ((size_t) s * d->W + slot) * hd, hd * sizeof(float));
+        }
+    }
+    return h;
 }
 
 int32_t dsv4_draft_last_pos(const dsv4_draft * d) {

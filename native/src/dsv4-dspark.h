@@ -33,6 +33,9 @@ dsv4_status dsv4_draft_init(dsv4_draft ** out, const dsv4_model * model, dsv4_fo
 void        dsv4_draft_free(dsv4_draft * d);
 // Empty every ring.
 void        dsv4_draft_reset(dsv4_draft * d);
+// 64-bit digest of the rings: the position of every slot (-1 = empty), then for each stage the rows
+// of the slots that hold a position (empty slots keep stale bytes that are never read).
+uint64_t    dsv4_draft_digest(const dsv4_draft * d);
 // The last position the rings hold (-1: none).
 int32_t     dsv4_draft_last_pos(const dsv4_draft * d);
 

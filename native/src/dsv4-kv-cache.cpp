@@ -153,6 +153,47 @@ void dsv4_kv_cache_reset(dsv4_kv_cache * c, int32_t n_old) {
     c->n_hi = 0;
 }
 
+uint64_t dsv4_hash(uint64_t h, const void * data, size_t n) {
+    const uint8_t * p = (const uint8_t *) data;
+    const uint64_t prime = 0x100000001b3ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * prime;
+    }
+    for (; i < n; i++) h = (h ^ p[i]) * prime;
+    return h;
+}
+
+uint64_t dsv4_kv_cache_digest(const dsv4_kv_cache * c, int32_t il, int32_t n_past) {
+    const dsv4_layer_cache & l = c->layers[(size_t) il];
+    const size_t hd = (size_t) c->head_dim, di = (size_t) c->index_head_dim;
+    const int32_t R = c->n_rollback;
+    uint64_t h = DSV4_HASH_INIT;
+    const int32_t head[2] = {n_past, l.ratio};
+    h = dsv4_hash(h, head, sizeof(head));
+    // Rows of positions [lo, n_past) of a ring of n_slots slots (position t in slot t mod n_slots).
+    auto rows = [&](const float * src, int32_t n_slots, size_t width) {
+        int64_t lo = n_slots < c->n_ctx ? (int64_t) n_past + R - n_slots : 0;
+        for (int64_t t = lo < 0 ? 0 : lo; t < n_past; t++) {
+            h = dsv4_hash(h, src + (size_t) (t % n_slots) * width, width * sizeof(float));
+        }
+    };
+    rows(l.ring, c->n_ring, hd);
+    if (l.ratio == 0) return h;
+    const int32_t n_store = dsv4_kv_cache_n_store(c, l.ratio);
+    h = dsv4_hash(h, l.comp, (size_t) l.n_comp * hd * sizeof(float));
+    rows(l.comp_kv, n_store, (size_t) l.coff * hd);
+    rows(l.comp_sc, n_store, (size_t) l.coff * hd);
+    if (l.ratio == 4) {
+        h = dsv4_hash(h, l.idx_keys, (size_t) l.n_comp * di * sizeof(float));
+        rows(l.idx_kv, n_store, 2 * di);
+        rows(l.idx_sc, n_store, 2 * di);
+    }
+    return h;
+}
+
 dsv4_status dsv4_kv_cache_layer_state(const dsv4_kv_cache * c, int32_t il, int32_t n_past, dsv4_layer_state * out) {
     if (il < 0 || il >= (int32_t) c->layers.size()) {
         return dsv4_set_error(DSV4_ERR_INVALID_ARG, "cache state: layer %d outside [0, %zu)", il, c->layers.size());

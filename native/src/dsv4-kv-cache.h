@@ -90,3 +90,22 @@ struct dsv4_layer_state {
 };
 
 dsv4_status dsv4_kv_cache_layer_state(const dsv4_kv_cache * c, int32_t il, int32_t n_past, dsv4_layer_state * out);
+
+// 64-bit digest of the bytes of layer il that any continuation from n_past can read, or a later
+// truncation can return to; two runs that committed the same rows must agree on it bit for bit,
+// whatever rows they ran and rolled back in between. Covered, in this order:
+//   n_past, ratio;
+//   ring rows of positions [lo, n_past), lo = n_past + R - n_ring (0 when the ring does not wrap):
+//     the window plus the R rows a truncation may still go back over. Older slots may hold a
+//     dropped row (a row at q >= n_past overwrote the slot of q - n_ring), and slots of positions
+//     >= n_past hold whatever the dropped rows wrote: neither is ever read again before being
+//     rewritten, so they legitimately differ and are left out;
+//   every compressed entry and indexer key, the whole arrays (entries past n_past / r must be zero:
+//     truncation zeroes what dropped rows finished);
+//   compressor and indexer-compressor inputs of positions [n_past + R - n_store, n_past) (the
+//     partial state at n_past is rebuilt from them), same reasoning as the ring.
+uint64_t dsv4_kv_cache_digest(const dsv4_kv_cache * c, int32_t il, int32_t n_past);
+
+// The hash behind the digests (FNV-1a over 64-bit words, then the byte tail): h = dsv4_hash(h, p, n).
+#define DSV4_HASH_INIT 0xcbf29ce484222325ULL
+uint64_t dsv4_hash(uint64_t h, const void * data, size_t n);

@@ -113,6 +113,9 @@ class Context:
     def max_rollback(self) -> int: ...
     def memory(self) -> dict[str, int]: ...
     def _layer_state(self, layer: int) -> dict[str, Any]: ...
+    def _state_digest(self) -> list[int]:
+        """dsv4_context_state_digest: per target layer, the digest of the cache bytes a continuation can
+        read (see native/src/dsv4-kv-cache.h), then that of the DSpark rings (0 without a draft)."""
     def generate(self, prompt: npt.ArrayLike, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, speculative: bool = True, draft_max: int = 0,
                  confidence_threshold: float = 0.0, ignore_eos: bool = False,
