@@ -42,7 +42,7 @@ enum { T_F32, T_F16, T_BF16, T_FP8, T_Q8_0_FX, T_MXFP4_FX };
 // Register tiles: weight rows x activation rows per tile (accumulators = product).
 constexpr int k_float_or = 4, k_float_rt = 6;  // 24 accumulators of 32 registers
 constexpr int k_fx_or = 4, k_fx_rt = 6;        // Q8_0, MXFP4 with float activations
-constexpr int k_int_or = 4, k_int_rt = 6;
+constexpr int k_int_or = 4, k_int_rt = 3;  // 12 accumulators + 9 activation-side registers
 
 // 16 weights from column k (FP8: times 2^-8); m selects the columns that exist.
 template <int T>
@@ -406,16 +406,24 @@ inline void tile_int(const uint8_t * const * w, const uint8_t * const * xq, int6
                 prefetch_ahead(w[i] + b * bb + 64, k_pf_int, pf_lim);  // 68 bytes per step
             }
         }
+        // the activation side once per step for all OR weight rows (3 loads per row; reloading
+        // them per weight row made the tile load-bound)
+        __m512i xv[RT], c[RT];
+        __m512 dx[RT];
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            xv[r] = _mm512_loadu_si512((const void *) (xq[r] + 32 * b));
+            c[r] = _mm512_loadu_si512((const void *) (xc[r] + 8 * b));
+            dx[r] = _mm512_loadu_ps(xd[r] + 8 * b);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
             __m512 dw;
             const __m512i wv = load_block2<T>(w[i], b, &dw);
 #pragma GCC unroll 8
             for (int r = 0; r < RT; r++) {
-                const __m512i xv = _mm512_loadu_si512((const void *) (xq[r] + 32 * b));
-                const __m512i c = _mm512_loadu_si512((const void *) (xc[r] + 8 * b));
-                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wv, xv));
-                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_loadu_ps(xd[r] + 8 * b)), dw, acc[i][r]);
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c[r], wv, xv[r]));
+                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, dx[r]), dw, acc[i][r]);
             }
         }
     }
