@@ -72,8 +72,9 @@ typedef struct dsv4_context_params {
     int32_t  n_threads;  // <= 0: one per online core
     int32_t  n_batch;    // max rows per internal forward chunk (prefill is split into chunks)
     uint64_t seed;       // for samplers
-    bool     float_activations;  // Q8_0/MXFP4 weights: exact f32 activations instead of 8-bit
-                                 // quantized ones (slower; what the reference comparisons use)
+    bool     float_activations;  // exact f32 activations in every matmul instead of 8-bit quantized
+                                 // ones (Q8_0/MXFP4) and bf16-rounded ones (FP8/BF16): slower;
+                                 // what the reference comparisons use
 } dsv4_context_params;
 
 dsv4_context_params dsv4_context_default_params(void);
