@@ -174,6 +174,9 @@ def test_interrupt_while_streaming_stops_and_leaves_the_model_usable(model) -> N
         for chunk in model.create_completion(PROMPT, max_tokens=200, temperature=0.0, stream=True):
             got += chunk["choices"][0]["text"]
             raise KeyboardInterrupt  # what Ctrl-C raises in the consuming thread (see the blocking test for SIGINT)
+    lock = model._lock()  # the stream's worker has stopped and let go of the model already
+    assert lock.acquire(blocking=False)
+    lock.release()
     assert baseline["choices"][0]["text"].startswith(got) and len(got) < len(baseline["choices"][0]["text"])
     # Leaving a stream early (break) also stops the worker; the next call sees a free model.
     for chunk in model.create_completion(PROMPT, max_tokens=200, temperature=0.0, stream=True):

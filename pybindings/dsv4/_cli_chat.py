@@ -9,6 +9,7 @@ only answers. `--json` prints each reply as a chat.completion JSON object instea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -35,24 +36,26 @@ def _reply(model: Any, messages: list[dict[str, Any]], args: argparse.Namespace)
     parts: dict[str, list[str]] = {"reasoning_content": [], "content": []}
     last: dict[str, Any] = {}
     in_reasoning = False
-    for chunk in model.create_chat_completion(messages, stream=True, **kwargs):
-        delta = chunk["choices"][0]["delta"]
-        if delta.get("reasoning_content"):
-            if not in_reasoning:
-                sys.stderr.write("[reasoning] ")
-                in_reasoning = True
-            sys.stderr.write(delta["reasoning_content"])
-            sys.stderr.flush()
-            parts["reasoning_content"].append(delta["reasoning_content"])
-        if delta.get("content"):
-            if in_reasoning:
-                sys.stderr.write("\n[answer]\n")
+    # closing(): a Ctrl-C in this loop stops the generation now, whatever holds the traceback.
+    with contextlib.closing(model.create_chat_completion(messages, stream=True, **kwargs)) as stream:
+        for chunk in stream:
+            delta = chunk["choices"][0]["delta"]
+            if delta.get("reasoning_content"):
+                if not in_reasoning:
+                    sys.stderr.write("[reasoning] ")
+                    in_reasoning = True
+                sys.stderr.write(delta["reasoning_content"])
                 sys.stderr.flush()
-                in_reasoning = False
-            sys.stdout.write(delta["content"])
-            sys.stdout.flush()
-            parts["content"].append(delta["content"])
-        last = chunk
+                parts["reasoning_content"].append(delta["reasoning_content"])
+            if delta.get("content"):
+                if in_reasoning:
+                    sys.stderr.write("\n[answer]\n")
+                    sys.stderr.flush()
+                    in_reasoning = False
+                sys.stdout.write(delta["content"])
+                sys.stdout.flush()
+                parts["content"].append(delta["content"])
+            last = chunk
     sys.stdout.write("\n")
     sys.stdout.flush()
     if in_reasoning:
