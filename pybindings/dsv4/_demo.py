@@ -114,10 +114,9 @@ def _generate(model: Any, ids: list[int], n: int, temperature: float, seed: int,
 
 
 def _block_size(model: Any) -> int:
-    for key, value in model.metadata.items():
-        if key.endswith(".dspark.block_size") and isinstance(value, int):
-            return int(value)
-    return 0
+    from dsv4.completion import _block_size as block_size_of
+
+    return block_size_of(model.metadata)
 
 
 def run(args: argparse.Namespace) -> int:
