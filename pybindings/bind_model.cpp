@@ -33,9 +33,14 @@ void check(dsv4_status status) {
 struct py_model {
     model_ptr m;
 
-    py_model(const std::string & path, bool load_draft) {
+    py_model(const std::string & path, bool load_draft, const py::object & draft) {
         dsv4_model_params p = dsv4_model_default_params();
         p.load_draft = load_draft;
+        std::string draft_path;
+        if (!draft.is_none()) {
+            draft_path = py::str(py::module_::import("os").attr("fspath")(draft));
+            p.draft_path = draft_path.c_str();
+        }
         dsv4_model * raw = nullptr;
         dsv4_status st;
         {
@@ -403,7 +408,9 @@ struct py_context {
 
 void dsv4_bind_model(py::module_ & m) {
     py::class_<py_model>(m, "Model", "A dsv4 / deepseek4 GGUF mapped and validated by the native loader.")
-        .def(py::init<const std::string &, bool>(), py::arg("path"), py::arg("load_draft") = true)
+        .def(py::init<const std::string &, bool, const py::object &>(), py::arg("path"), py::arg("load_draft") = true,
+             py::arg("draft") = py::none(),
+             "draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the file's own.")
         .def_property_readonly("n_vocab", [](const py_model & s) { return dsv4_model_n_vocab(s.get()); })
         .def_property_readonly("n_embd", [](const py_model & s) { return dsv4_model_n_embd(s.get()); })
         .def_property_readonly("n_layer", [](const py_model & s) { return dsv4_model_n_layer(s.get()); })

@@ -51,6 +51,8 @@ typedef struct dsv4_context dsv4_context;
 
 typedef struct dsv4_model_params {
     bool load_draft;   // bind the DSpark draft stages and heads when the file has them
+    const char * draft_path;  // NULL, or a llama.cpp `dflash` sidecar (mtp-*.gguf) to take the draft
+                              // from instead (with load_draft); its shapes must match the target's
 } dsv4_model_params;
 
 dsv4_model_params dsv4_model_default_params(void);

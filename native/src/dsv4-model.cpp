@@ -17,11 +17,13 @@ namespace {
 constexpr uint32_t k_expert_gating_sqrt_softplus = 4;  // upstream's LLAMA_EXPERT_GATING_FUNC_TYPE
 
 struct loader {
-    dsv4_model * m;
-    std::string  prefix;  // "dsv4" / "deepseek4"
-    uint64_t     bound_bytes = 0;
+    dsv4_model *  m;
+    std::string   prefix;  // "dsv4" / "deepseek4" / "dflash"
+    dsv4_gguf *   gguf;    // the file read: the model's, or its draft sidecar
+    std::string   file;
+    uint64_t      bound_bytes = 0;
 
-    const char * path() const { return m->path.c_str(); }
+    const char * path() const { return file.c_str(); }
 
     std::string key(const char * suffix) const { return prefix + "." + suffix; }
 
@@ -29,7 +31,7 @@ struct loader {
     // True when the key is absent and optional: the caller uses its default. A missing required
     // key goes on to the GGUF getter, which reports it by name.
     bool optional_absent(const std::string & k, bool required) const {
-        return !required && dsv4_gguf_find_key(m->gguf, k.c_str()) < 0;
+        return !required && dsv4_gguf_find_key(gguf, k.c_str()) < 0;
     }
 
     dsv4_status get_i32(const char * suffix, int32_t * out, bool required = true, int32_t def = 0) {
@@ -39,7 +41,7 @@ struct loader {
             return DSV4_OK;
         }
         int64_t v = 0;
-        dsv4_status st = dsv4_gguf_get_i64(m->gguf, k.c_str(), &v);
+        dsv4_status st = dsv4_gguf_get_i64(gguf, k.c_str(), &v);
         if (st != DSV4_OK) return st;
         if (v < INT32_MIN || v > INT32_MAX) {
             return dsv4_set_error(DSV4_ERR_FORMAT, "%s: metadata key %s = %lld is out of range", path(), k.c_str(), (long long) v);
@@ -55,7 +57,7 @@ struct loader {
             return DSV4_OK;
         }
         double v = 0;
-        dsv4_status st = dsv4_gguf_get_f64(m->gguf, k.c_str(), &v);
+        dsv4_status st = dsv4_gguf_get_f64(gguf, k.c_str(), &v);
         if (st != DSV4_OK) return st;
         *out = (float) v;
         return DSV4_OK;
@@ -67,29 +69,29 @@ struct loader {
             *out = def;
             return DSV4_OK;
         }
-        return dsv4_gguf_get_bool(m->gguf, k.c_str(), out);
+        return dsv4_gguf_get_bool(gguf, k.c_str(), out);
     }
 
     // A numeric array of at least `min_len` elements (all of it is returned).
     template <typename T>
     dsv4_status get_arr(const char * suffix, std::vector<T> & out, uint64_t min_len, bool required = true) {
         std::string k = key(suffix);
-        int64_t idx = dsv4_gguf_find_key(m->gguf, k.c_str());
+        int64_t idx = dsv4_gguf_find_key(gguf, k.c_str());
         if (idx < 0) {
             if (required) return dsv4_set_error(DSV4_ERR_FORMAT, "%s: missing metadata key %s", path(), k.c_str());
             out.clear();
             return DSV4_OK;
         }
-        if (dsv4_gguf_kv_type(m->gguf, idx) != DSV4_GGUF_ARRAY) {
+        if (dsv4_gguf_kv_type(gguf, idx) != DSV4_GGUF_ARRAY) {
             return dsv4_set_error(DSV4_ERR_FORMAT, "%s: metadata key %s is not an array", path(), k.c_str());
         }
-        uint64_t n = dsv4_gguf_arr_len(m->gguf, idx);
+        uint64_t n = dsv4_gguf_arr_len(gguf, idx);
         if (n < min_len) {
             return dsv4_set_error(DSV4_ERR_FORMAT, "%s: metadata key %s has %llu elements, expected at least %llu",
                                   path(), k.c_str(), (unsigned long long) n, (unsigned long long) min_len);
         }
         std::vector<double> tmp(n);
-        dsv4_status st = dsv4_gguf_get_arr_f64(m->gguf, k.c_str(), tmp.data(), n);
+        dsv4_status st = dsv4_gguf_get_arr_f64(gguf, k.c_str(), tmp.data(), n);
         if (st != DSV4_OK) return st;
         out.resize(n);
         for (uint64_t i = 0; i < n; i++) out[i] = (T) tmp[i];
@@ -98,7 +100,7 @@ struct loader {
 
     // ---- tensors --------------------------------------------------------------------------------
     const dsv4_gguf_tensor * find(const std::string & name) const {
-        return dsv4_gguf_find_tensor(m->gguf, name.c_str());
+        return dsv4_gguf_find_tensor(gguf, name.c_str());
     }
 
     dsv4_status missing(const std::string & name) const {
@@ -394,6 +396,8 @@ dsv4_status bind_block(loader & L, int il, int32_t ratio, bool hash, float clamp
     return DSV4_OK;
 }
 
+dsv4_status check_dspark(const char * p, const dsv4_dspark_hparams & ds, const dsv4_hparams & hp);
+
 dsv4_status read_dspark(loader & L) {
     dsv4_dspark_hparams & ds = L.m->dspark;
     const dsv4_hparams & hp = L.m->hp;
@@ -414,6 +418,68 @@ dsv4_status read_dspark(loader & L) {
         return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: %s = \"%.*s\": only \"layer_output\" taps are supported", p,
                               tap_key.c_str(), (int) tap_len, tap);
     }
+    return check_dspark(p, ds, hp);
+}
+
+// The draft hyperparameters of a llama.cpp `dflash` sidecar (docs/llama-cpp-compat.md): keys under
+// `dflash.`, taps as `target_layers` = our layer ids + 1 (llama.cpp taps the input of the next
+// layer), the noise token as the tokenizer's mask token, the Markov rank from markov_w1's shape.
+// The stage blocks share the target's shapes, so the keys that define them must agree with it.
+dsv4_status read_dspark_sidecar(loader & S) {
+    dsv4_dspark_hparams & ds = S.m->dspark;
+    const dsv4_hparams & hp = S.m->hp;
+    const char * p = S.path();
+    struct { const char * key; int32_t want; } same[] = {
+        {"embedding_length", hp.n_embd},
+        {"attention.head_count", hp.n_head},
+        {"attention.key_length", hp.head_dim},
+        {"rope.dimension_count", hp.rope_dim},
+        {"attention.q_lora_rank", hp.q_lora_rank},
+        {"attention.output_group_count", hp.o_groups},
+        {"attention.output_lora_rank", hp.o_lora_rank},
+        {"expert_count", hp.n_expert},
+        {"expert_used_count", hp.n_expert_used},
+        {"expert_feed_forward_length", hp.n_ff_exp},
+        {"hyper_connection.count", hp.hc_mult},
+    };
+    for (const auto & c : same) {
+        int32_t v = 0;
+        TRY(S.get_i32(c.key, &v));
+        if (v != c.want) {
+            return dsv4_set_error(DSV4_ERR_FORMAT, "%s: %s = %d but the target model has %d: this draft was made for "
+                                  "another model", p, S.key(c.key).c_str(), v, c.want);
+        }
+    }
+    const int64_t i_tok = dsv4_gguf_find_key(S.gguf, "tokenizer.ggml.tokens");
+    if (i_tok >= 0 && dsv4_gguf_arr_len(S.gguf, i_tok) != (uint64_t) hp.n_vocab) {
+        return dsv4_set_error(DSV4_ERR_FORMAT, "%s: the draft's vocabulary has %llu tokens but the target model has %d: "
+                              "this draft was made for another model", p,
+                              (unsigned long long) dsv4_gguf_arr_len(S.gguf, i_tok), hp.n_vocab);
+    }
+    TRY(S.get_i32("block_count", &ds.n_stage));
+    TRY(S.get_i32("block_size", &ds.block_size));
+    TRY(S.get_i32("attention.sliding_window", &ds.window, false, hp.window));
+    TRY(S.get_bool("sample_from_anchor", &ds.sample_from_anchor, false, true));  // llama.cpp: absent = true
+    const dsv4_gguf_tensor * conf = S.find("conf_proj.weight");
+    TRY(S.get_bool("has_confidence_head", &ds.has_confidence_head, false, conf != nullptr));
+    std::vector<int32_t> taps;
+    TRY(S.get_arr("target_layers", taps, 1));
+    ds.target_layer_ids.clear();
+    for (int32_t t : taps) ds.target_layer_ids.push_back(t - 1);
+    int64_t noise = -1;
+    if (dsv4_gguf_find_key(S.gguf, "tokenizer.ggml.mask_token_id") < 0) {
+        return dsv4_set_error(DSV4_ERR_FORMAT, "%s: missing metadata key tokenizer.ggml.mask_token_id (the DSpark noise "
+                              "token)", p);
+    }
+    TRY(dsv4_gguf_get_i64(S.gguf, "tokenizer.ggml.mask_token_id", &noise));
+    ds.noise_token_id = noise < 0 || noise > INT32_MAX ? -1 : (int32_t) noise;
+    const dsv4_gguf_tensor * w1 = S.find("markov_w1.weight");
+    ds.markov_rank = w1 && w1->n_dims == 2 ? (int32_t) w1->ne[0] : 0;
+    ds.sts_temperatures.clear();
+    return check_dspark(p, ds, hp);
+}
+
+dsv4_status check_dspark(const char * p, const dsv4_dspark_hparams & ds, const dsv4_hparams & hp) {
     if (!ds.sample_from_anchor) {
         return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: DSpark drafts with sample_from_anchor = false are not supported", p);
     }
@@ -434,25 +500,55 @@ dsv4_status read_dspark(loader & L) {
     return DSV4_OK;
 }
 
-dsv4_status bind_draft_heads(loader & L) {
+// The heads: `dspark.<name>` in a dsv4 file; in a dflash sidecar the names carry no prefix and
+// fc_norm is `enc.output_norm` (docs/llama-cpp-compat.md).
+dsv4_status bind_draft_heads(loader & L, bool sidecar) {
     dsv4_model * m = L.m;
     const dsv4_hparams & hp = m->hp;
     const int64_t d = hp.n_embd, hc = hp.hc_mult, V = hp.n_vocab, r = m->dspark.markov_rank;
     const int64_t n_tap = (int64_t) m->dspark.target_layer_ids.size();
-    TRY(L.linear("dspark.fc", d, n_tap * d, &m->dspark_fc));
-    TRY(L.floats("dspark.fc_norm.weight", {d}, &m->dspark_fc_norm));
-    TRY(L.floats("dspark.output_norm.weight", {d}, &m->dspark_output_norm));
-    TRY(L.floats("dspark.output_hc_fn.weight", {hc, hc * d}, &m->dspark_output_hc_fn));
-    TRY(L.floats("dspark.output_hc_base.weight", {hc}, &m->dspark_output_hc_base));
-    TRY(L.floats("dspark.output_hc_scale.weight", {1}, &m->dspark_output_hc_scale));
+    const std::string pre = sidecar ? "" : "dspark.";
+    TRY(L.linear(pre + "fc", d, n_tap * d, &m->dspark_fc));
+    TRY(L.floats(sidecar ? "enc.output_norm.weight" : "dspark.fc_norm.weight", {d}, &m->dspark_fc_norm));
+    TRY(L.floats(pre + "output_norm.weight", {d}, &m->dspark_output_norm));
+    TRY(L.floats(pre + "output_hc_fn.weight", {hc, hc * d}, &m->dspark_output_hc_fn));
+    TRY(L.floats(pre + "output_hc_base.weight", {hc}, &m->dspark_output_hc_base));
+    TRY(L.floats(pre + "output_hc_scale.weight", {1}, &m->dspark_output_hc_scale));
     if (r > 0) {
-        TRY(L.linear("dspark.markov_w1", V, r, &m->markov_w1));
-        TRY(L.linear("dspark.markov_w2", V, r, &m->markov_w2));
+        TRY(L.linear(pre + "markov_w1", V, r, &m->markov_w1));
+        TRY(L.linear(pre + "markov_w2", V, r, &m->markov_w2));
     }
     if (m->dspark.has_confidence_head) {
-        TRY(L.linear("dspark.conf_proj", 1, d + r, &m->conf_proj));
-        TRY(L.floats("dspark.conf_proj.bias", {1}, &m->conf_proj_bias, false));
+        TRY(L.linear(pre + "conf_proj", 1, d + r, &m->conf_proj));
+        TRY(L.floats(pre + "conf_proj.bias", {1}, &m->conf_proj_bias, false));
     }
+    return DSV4_OK;
+}
+
+// The draft from a llama.cpp dflash sidecar: stages blk.S -> m->layers[n_layer + S], then the heads.
+dsv4_status load_sidecar(dsv4_model * m, const char * path) {
+    m->draft_path = path;
+    TRY(dsv4_gguf_open(path, &m->draft_gguf));
+    const char * arch = nullptr; uint64_t arch_len = 0;
+    TRY(dsv4_gguf_get_str(m->draft_gguf, "general.architecture", &arch, &arch_len));
+    const std::string arch_name(arch, arch_len);
+    if (arch_name != "dflash") {
+        return dsv4_set_error(DSV4_ERR_FORMAT, "%s: not a DSpark draft sidecar: its architecture is \"%s\", expected "
+                              "\"dflash\" (the mtp-*.gguf file that `dsv4 convert --llama-cpp` writes)", path,
+                              arch_name.c_str());
+    }
+    loader S{m, arch_name, m->draft_gguf, m->draft_path};
+    TRY(read_dspark_sidecar(S));
+    const int32_t n_layer = m->hp.n_layer, n_stage = m->dspark.n_stage;
+    std::vector<float> clamp, clamp_sh;
+    TRY(read_swiglu(S, clamp, clamp_sh, (size_t) n_stage));
+    m->layers.resize((size_t) (n_layer + n_stage));
+    for (int32_t s = 0; s < n_stage; s++) {
+        TRY(bind_block(S, s, 0, false, clamp[(size_t) s], clamp_sh[(size_t) s], m->layers[(size_t) (n_layer + s)]));
+    }
+    TRY(bind_draft_heads(S, true));
+    m->weight_bytes += S.bound_bytes;
+    m->dspark.present = true;
     return DSV4_OK;
 }
 
@@ -472,7 +568,7 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
         return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: unknown architecture \"%s\" (expected dsv4 or deepseek4)",
                               m->path.c_str(), arch_name.c_str());
     }
-    loader L{m, arch_name};
+    loader L{m, arch_name, m->gguf, m->path};
     TRY(read_hparams(L));
     dsv4_hparams & hp = m->hp;
 
@@ -495,7 +591,8 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
     TRY(L.floats("output_hc_base.weight", {hc}, &m->output_hc_base));
     TRY(L.floats("output_hc_scale.weight", {1}, &m->output_hc_scale));
 
-    bool want_draft = params.load_draft && m->arch == DSV4_ARCH_DSV4 &&
+    // A sidecar replaces any draft in the model file.
+    bool want_draft = params.load_draft && !params.draft_path && m->arch == DSV4_ARCH_DSV4 &&
                       dsv4_gguf_find_key(m->gguf, "dsv4.dspark.stage_count") >= 0;
     if (want_draft) TRY(read_dspark(L));
     const size_t n_blocks = (size_t) hp.n_layer + (want_draft ? (size_t) m->dspark.n_stage : 0);
@@ -509,10 +606,11 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
         TRY(bind_block(L, (int) il, ratio, hash, clamp[il], clamp_sh[il], m->layers[il]));
     }
     if (want_draft) {
-        TRY(bind_draft_heads(L));
+        TRY(bind_draft_heads(L, false));
         m->dspark.present = true;
     }
     m->weight_bytes = L.bound_bytes;
+    if (params.load_draft && params.draft_path) TRY(load_sidecar(m, params.draft_path));
     return DSV4_OK;
 }
 
@@ -523,6 +621,7 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
 extern "C" dsv4_model_params dsv4_model_default_params(void) {
     dsv4_model_params p;
     p.load_draft = true;
+    p.draft_path = nullptr;
     return p;
 }
 
@@ -549,6 +648,7 @@ extern "C" dsv4_status dsv4_model_load(const char * path, const dsv4_model_param
 
 extern "C" void dsv4_model_free(dsv4_model * model) {
     if (!model) return;
+    dsv4_gguf_close(model->draft_gguf);
     dsv4_gguf_close(model->gguf);
     delete model;
 }

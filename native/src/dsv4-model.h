@@ -132,6 +132,8 @@ struct dsv4_layer {
 struct dsv4_model {
     std::string          path;
     dsv4_gguf *          gguf = nullptr;  // owns the mapping
+    std::string          draft_path;      // the dflash sidecar the draft came from ("" = none)
+    dsv4_gguf *          draft_gguf = nullptr;  // its mapping (NULL without a sidecar)
     dsv4_arch            arch = DSV4_ARCH_DSV4;
     dsv4_hparams         hp;
     dsv4_dspark_hparams  dspark;          // dspark.present only when the draft was bound

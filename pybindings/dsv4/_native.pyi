@@ -6,6 +6,7 @@ ValueError naming the function, the argument and what was expected.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, TypedDict
 
 import numpy as np
@@ -80,7 +81,9 @@ def routed_expert_bytes(path: str, tokens: npt.ArrayLike, prompt: int, n_rows: i
 # Models and contexts (bind_model.cpp).
 class Model:
     """A dsv4 / deepseek4 GGUF mapped and validated by the native loader."""
-    def __init__(self, path: str, load_draft: bool = True) -> None: ...
+    def __init__(self, path: str, load_draft: bool = True, draft: str | os.PathLike[str] | None = None) -> None:
+        """draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the
+        file's own; FormatError when it is not a dflash file or was made for another model."""
     @property
     def n_vocab(self) -> int: ...
     @property

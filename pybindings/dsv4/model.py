@@ -29,15 +29,24 @@ class Model(CompletionMixin):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 64, load_draft: bool = True, exact: bool = False) -> None:
+                 n_batch: int = 64, load_draft: bool = True, exact: bool = False,
+                 draft: str | os.PathLike[str] | None = None) -> None:
+        """draft: a llama.cpp `dflash` sidecar (the mtp-*.gguf that `dsv4 convert --llama-cpp` writes)
+        to take the DSpark draft from, e.g. for a `deepseek4` target; it replaces a draft in the file."""
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"no such model file: {self.path}")
+        self.draft_path = os.fspath(draft) if draft is not None else None
+        if self.draft_path is not None and not os.path.exists(self.draft_path):
+            raise FileNotFoundError(f"no such draft file: {self.draft_path}")
+        if self.draft_path is not None and not load_draft:
+            raise ValueError("draft= was given with load_draft=False")
         native = _native()
-        self._model = native.Model(self.path, load_draft)
-        # exact=True runs Q8_0/MXFP4 matmuls with f32 activations (no 8-bit activation rounding).
+        self._model = native.Model(self.path, load_draft, self.draft_path)
+        # exact=True runs every matmul with f32 activations (default: bf16-rounded for FP8/BF16
+        # weights, 8-bit blocks for Q8_0/MXFP4).
         self._ctx = native.Context(self._model, n_ctx=n_ctx, n_threads=n_threads or 0, n_batch=n_batch,
                                    float_activations=exact)
         self.n_ctx = n_ctx
