@@ -28,7 +28,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -219,11 +218,7 @@ def main() -> int:
     report = _bench.measure(gguf, settings, log)
     report["benchmark"] = "medium model (performance.md)"
     report["config"] = MEDIUM_OVERRIDES
-    try:
-        report["machine"]["git_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                                                         capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    report["machine"]["git_commit"] = _bench.git_commit(ROOT)
     _bench.write_report(report, args.json)
     return 0
 

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,25 +48,9 @@ def build(out_dir: Path) -> Path:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() in ("Model name", "L2 cache", "L3 cache", "CPU max MHz"):
-                info[key.strip().lower().replace(" ", "_")] = val.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
-    try:
-        info["git_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                            text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return info
+    from dsv4._bench import machine_info
+
+    return machine_info(ROOT)
 
 
 def combine(runs: list[dict]) -> dict:

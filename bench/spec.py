@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -130,13 +129,8 @@ def main() -> int:
         "benchmark": "speculative decoding", "model": str(args.model or "embedded default model"),
         "prompts": len(prompts), "max_tokens": args.max_tokens, "threads": args.threads,
         "draft_max": args.draft_max, "confidence_threshold": args.confidence_threshold,
-        "machine": machine_info(), "results": results,
+        "machine": machine_info(ROOT), "results": results,
     }
-    try:
-        report["machine"]["git_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                                                         capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
     print(f"{'T':>4} {'tau':>6} {'plain tok/s':>12} {'spec tok/s':>11} {'speedup':>8} {'draft/step':>10} "
           f"{'verify/step':>11}  acceptance by position")
     for name, r in results.items():

@@ -118,7 +118,17 @@ def bytes_per_token(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def machine_info() -> dict[str, Any]:
+def git_commit(repo_root: Path) -> str | None:
+    """The commit a benchmark from a source checkout ran at (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(repo_root: Path | None = None) -> dict[str, Any]:
+    """Where a benchmark ran: platform, CPU, load; with repo_root, the checkout's git commit."""
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                             "python": platform.python_version()}
     try:
@@ -133,6 +143,8 @@ def machine_info() -> dict[str, Any]:
         info["load_average"] = list(os.getloadavg())
     except OSError:
         pass
+    if repo_root is not None:
+        info["git_commit"] = git_commit(repo_root)
     return info
 
 
