@@ -171,12 +171,14 @@ struct type_entry {
     const char * name;
     dsv4_type type;
     bool float_activations = false;
+    bool packed = false;  // MXFP4 in the packed layout (dsv4_weight_pack), as models load it
 };
 
 const type_entry k_types[] = {
     { "f32", DSV4_TYPE_F32 },       { "f16", DSV4_TYPE_F16 },   { "bf16", DSV4_TYPE_BF16 },
     { "fp8", DSV4_TYPE_FP8_E4M3 }, { "q8_0", DSV4_TYPE_Q8_0 }, { "mxfp4", DSV4_TYPE_MXFP4 },
     { "q8_0_fa", DSV4_TYPE_Q8_0, true }, { "mxfp4_fa", DSV4_TYPE_MXFP4, true },
+    { "mxfp4_pk", DSV4_TYPE_MXFP4, false, true },
 };
 
 dsv4_isa parse_isa(const char * s) {
@@ -192,7 +194,7 @@ int main(int argc, char ** argv) {
     std::vector<int> threads = { 1, 2 };
     std::vector<int> row_counts = { 1, 6 };
     double small_mb = 1, large_mb = 256;
-    std::string types_arg = "f32,f16,bf16,fp8,q8_0,mxfp4,q8_0_fa,mxfp4_fa";
+    std::string types_arg = "f32,f16,bf16,fp8,q8_0,mxfp4,q8_0_fa,mxfp4_fa,mxfp4_pk";
     dsv4_isa isa = DSV4_ISA_AUTO;
     bool isa_compare = false;
     int reps_large = 7;
@@ -298,6 +300,14 @@ int main(int argc, char ** argv) {
             std::vector<float> scale((size_t) (((n_out + 127) / 128) * ((n_in + 127) / 128)), 1.0f / 64);
             dsv4_weight w;
             dsv4_weight_init(&w, te.type, n_out, n_in, wbuf.p, te.type == DSV4_TYPE_FP8_E4M3 ? scale.data() : nullptr);
+            buffer pbuf(te.packed ? dsv4_weight_packed_bytes(&w) : 0);
+            if (te.packed) {
+                memset(pbuf.p, 0, pbuf.n);
+                if (dsv4_weight_pack(&w, pbuf.p, pbuf.n) != DSV4_OK) {
+                    std::fprintf(stderr, "pack failed: %s\n", dsv4_last_error());
+                    return 1;
+                }
+            }
             for (int nth : threads) {
                 for (int rows : row_counts) {
                     run_case(te, mb, size_class, nth, rows, isa_used, wbuf, w, x);

@@ -33,9 +33,10 @@ void check(dsv4_status status) {
 struct py_model {
     model_ptr m;
 
-    py_model(const std::string & path, bool load_draft, const py::object & draft) {
+    py_model(const std::string & path, bool load_draft, const py::object & draft, bool repack) {
         dsv4_model_params p = dsv4_model_default_params();
         p.load_draft = load_draft;
+        p.repack = repack;
         std::string draft_path;
         if (!draft.is_none()) {
             draft_path = py::str(py::module_::import("os").attr("fspath")(draft));
@@ -408,9 +409,11 @@ struct py_context {
 
 void dsv4_bind_model(py::module_ & m) {
     py::class_<py_model>(m, "Model", "A dsv4 / deepseek4 GGUF mapped and validated by the native loader.")
-        .def(py::init<const std::string &, bool, const py::object &>(), py::arg("path"), py::arg("load_draft") = true,
-             py::arg("draft") = py::none(),
-             "draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the file's own.")
+        .def(py::init<const std::string &, bool, const py::object &, bool>(), py::arg("path"), py::arg("load_draft") = true,
+             py::arg("draft") = py::none(), py::arg("repack") = true,
+             "draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the file's own.\n"
+             "repack: copy MXFP4 experts into the layout of the AVX-512 VNNI kernel (on CPUs that have it).")
+        .def_property_readonly("packed_bytes", [](const py_model & s) { return dsv4_model_packed_bytes(s.get()); })
         .def_property_readonly("n_vocab", [](const py_model & s) { return dsv4_model_n_vocab(s.get()); })
         .def_property_readonly("n_embd", [](const py_model & s) { return dsv4_model_n_embd(s.get()); })
         .def_property_readonly("n_layer", [](const py_model & s) { return dsv4_model_n_layer(s.get()); })

@@ -7,7 +7,10 @@ nearly every position is such a near-tie, so this check uses the trained model, 
 separate. Measured (2026-11-22, 8 held-out prompts x 64 greedy tokens, exact activations):
 teacher-forced argmax agreement 509/512 (505/512 with the default 8-bit/bf16
 activations), greedy runs identical for 6 of 8 prompts (3 of 8 default), max row |delta| / max|logit| <= 0.13; the three
-disagreements had top-2 margins 0.002, 0.002, 0.28 against row max|delta| 0.017, 0.020, 0.38.
+disagreements had top-2 margins 0.002, 0.002, 0.28 against row max|delta| 0.017, 0.020, 0.38. (A per-row
+check "margin <= the row's max|delta|" was dropped: a flip only needs margin <= |delta_i| + |delta_j|, up to
+twice that, and the packed MXFP4 kernel's slightly different rounding produced such a row, margin 0.0311
+against max|delta| 0.0306. What is checked: the |delta| bound and the agreement rate.)
 """
 from __future__ import annotations
 
@@ -57,8 +60,6 @@ def test_q8_0_llama_cpp_file_agrees_with_dsv4_file(both_files: tuple[Path, Path]
             top_a, top_b = a.argmax(1), b.argmax(1)
             agree += int((top_a == top_b).sum())
             total += len(top_a)
-            # A disagreement is only allowed at a near-tie: the margin must be below the row's error.
-            for row in np.nonzero(top_a != top_b)[0]:
-                margin = a[row, top_a[row]] - a[row, top_b[row]]
-                assert margin <= np.abs(a[row] - b[row]).max(), (row, margin)
+            # No per-row check on the disagreements: a flip between tokens i and j needs the top-2
+            # margin <= |delta_i| + |delta_j|, which the bound on |delta| above already implies.
     assert agree / total >= 0.97, f"teacher-forced greedy agreement {agree}/{total}"

@@ -552,6 +552,28 @@ dsv4_status load_sidecar(dsv4_model * m, const char * path) {
     return DSV4_OK;
 }
 
+// MXFP4 experts (target and draft stages) copied into the packed layout the AVX-512 VNNI kernel
+// reads (cpu/dsv4-matmul.h): the same bytes rearranged, in owned memory beside the mapping. The
+// mapping's pages of those tensors are then only read again by the float-activation mode.
+dsv4_status pack_experts(dsv4_model * m) {
+    for (dsv4_layer & l : m->layers) {
+        for (dsv4_weight * w : {&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps}) {
+            const size_t bytes = dsv4_weight_packed_bytes(w);
+            if (bytes == 0 || !w->data) continue;
+            void * buf = nullptr;
+            if (posix_memalign(&buf, 64, bytes) != 0) {
+                return dsv4_set_error(DSV4_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes for packed experts (load with "
+                                      "repack = false to run from the mapping)", m->path.c_str(), bytes);
+            }
+            m->packed_storage.emplace_back((uint8_t *) buf);
+            dsv4_status st = dsv4_weight_pack(w, buf, bytes);
+            if (st != DSV4_OK) return st;
+            m->packed_bytes += bytes;
+        }
+    }
+    return DSV4_OK;
+}
+
 dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
     TRY(dsv4_gguf_open(m->path.c_str(), &m->gguf));
     const char * arch = nullptr; uint64_t arch_len = 0;
@@ -611,6 +633,7 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
     }
     m->weight_bytes = L.bound_bytes;
     if (params.load_draft && params.draft_path) TRY(load_sidecar(m, params.draft_path));
+    if (params.repack && dsv4_cpu_reads_packed_mxfp4()) TRY(pack_experts(m));
     return DSV4_OK;
 }
 
@@ -622,6 +645,7 @@ extern "C" dsv4_model_params dsv4_model_default_params(void) {
     dsv4_model_params p;
     p.load_draft = true;
     p.draft_path = nullptr;
+    p.repack = true;
     return p;
 }
 
@@ -662,4 +686,5 @@ extern "C" int32_t dsv4_model_n_tap(const dsv4_model * m) {
     return m->dspark.present ? (int32_t) m->dspark.target_layer_ids.size() : 0;
 }
 extern "C" uint64_t dsv4_model_weight_bytes(const dsv4_model * m) { return m->weight_bytes; }
+extern "C" uint64_t dsv4_model_packed_bytes(const dsv4_model * m) { return m->packed_bytes; }
 extern "C" const char * dsv4_model_arch(const dsv4_model * m) { return m->arch == DSV4_ARCH_DSV4 ? "dsv4" : "deepseek4"; }

@@ -16,6 +16,8 @@
 #include "dsv4-types.h"
 #include "cpu/dsv4-matmul.h"
 
+#include <stdlib.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -157,4 +159,7 @@ struct dsv4_model {
 
     uint64_t weight_bytes = 0;
     std::vector<std::unique_ptr<float[]>> f32_storage;  // the converted small tensors
+    struct free_deleter { void operator()(uint8_t * p) const { free(p); } };
+    std::vector<std::unique_ptr<uint8_t, free_deleter>> packed_storage;  // packed MXFP4 experts
+    uint64_t packed_bytes = 0;            // their total size
 };

@@ -839,6 +839,143 @@ void test_matmul_on_a_busy_pool_is_refused() {
     dsv4_threadpool_free(pool);
 }
 
+
+// Packed MXFP4 (dsv4_weight_pack): the layout holds exactly the file's codes and scales where
+// dsv4-matmul.h says (read back here independently), and the AVX-512 packed kernel gives the
+// scalar kernel's result bit for bit (so also independent of the batch) for every R, odd n_out,
+// block counts that are not multiples of 4, padded rows, experts, threads and scale bytes at the
+// edges (0, 1, 2: the subnormal scales); ISAs without a packed kernel ignore the copy.
+void test_packed_mxfp4() {
+    pools pl;
+    rng g(4242);
+    struct shape { int64_t n_expert, n_out, n_in; size_t pad; };
+    const shape shapes[] = { { 1, 16, 128, 0 }, { 1, 70, 160, 0 }, { 1, 133, 96, 3 }, { 3, 37, 544, 0 },
+                             { 1, 1, 32, 0 }, { 2, 48, 1024, 5 } };
+    for (const shape & sh : shapes) {
+        test_weight t;
+        make_weight(t, DSV4_TYPE_MXFP4, sh.n_expert, sh.n_out, sh.n_in, sh.pad, g);
+        const int64_t nb = sh.n_in / 32;
+        const uint8_t edge[] = { 0, 1, 2, 3, 126, 127, 128, 140 };
+        for (int i = 0; i < 8; i++) {  // some blocks get edge scales
+            const int64_t e = g.below((int) sh.n_expert), o = g.below((int) sh.n_out), b = g.below((int) nb);
+            t.data[(size_t) (e * sh.n_out + o) * t.row_bytes + (size_t) b * DSV4_MXFP4_BLOCK_BYTES] = edge[i];
+        }
+        const size_t bytes = dsv4_weight_packed_bytes(&t.w);
+        const size_t groups = (size_t) ((sh.n_out + 15) / 16);
+        CHECK(bytes == (size_t) sh.n_expert * groups * (size_t) (((nb + 3) / 4) * 64 + nb * 256),
+              "packed bytes %zu for [%lld, %lld, %lld]", bytes, (long long) sh.n_expert, (long long) sh.n_out,
+              (long long) sh.n_in);
+        void * buf = nullptr;
+        CHECK(posix_memalign(&buf, 64, bytes + 64) == 0, "alloc");
+        CHECK(dsv4_weight_pack(&t.w, (uint8_t *) buf + 8, bytes) == DSV4_ERR_INVALID_ARG, "misaligned dst accepted");
+        CHECK(dsv4_weight_pack(&t.w, buf, bytes - 1) == DSV4_ERR_INVALID_ARG, "short dst accepted");
+        CHECK(t.w.packed == nullptr, "failed pack left a pointer");
+        CHECK(dsv4_weight_pack(&t.w, buf, bytes) == DSV4_OK, "pack: %s", dsv4_last_error());
+        CHECK(t.w.packed == buf && t.w.packed_expert_stride * (size_t) sh.n_expert == bytes, "pack pointers");
+
+        // read the layout back: every code and scale where the header puts it, zero padding
+        const uint8_t * pk = (const uint8_t *) buf;
+        int bad = 0;
+        for (int64_t e = 0; e < sh.n_expert; e++) {
+            for (int64_t o = 0; o < (int64_t) groups * 16; o++) {
+                const uint8_t * grp = pk + e * t.w.packed_expert_stride + (size_t) (o / 16) * (((nb + 3) / 4) * 64 + nb * 256);
+                const int i = (int) (o % 16);
+                const uint8_t * row = o < sh.n_out ? t.data.data() + (size_t) (e * sh.n_out + o) * t.row_bytes : nullptr;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t * sb = grp + (size_t) (b / 4) * (64 + 4 * 256);
+                    const uint8_t * blk = sb + 64 + (b % 4) * 256;
+                    const uint8_t want_e = row ? row[b * DSV4_MXFP4_BLOCK_BYTES] : 0;
+                    bad += sb[16 * (b % 4) + i] != want_e;
+                    for (int k = 0; k < 32; k++) {
+                        const int c = k / 8, hi = (k % 8) >= 4, tt = k % 4;
+                        const uint8_t byte = blk[64 * c + 4 * i + tt];
+                        const uint8_t got = hi ? byte >> 4 : byte & 0x0F;
+                        const uint8_t src = row ? row[b * DSV4_MXFP4_BLOCK_BYTES + 1 + (k % 16)] : 0;
+                        const uint8_t want = k < 16 ? (src & 0x0F) : (src >> 4);
+                        bad += got != want;
+                    }
+                }
+            }
+        }
+        CHECK(bad == 0, "packed layout: %d codes/scales misplaced for n_out %lld n_in %lld", bad, (long long) sh.n_out,
+              (long long) sh.n_in);
+
+        std::vector<dsv4_isa> isas = simd_isas();
+        isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+        for (int64_t R : { 1, 2, 3, 5, 6, 7, 8, 9, 16, 17, 33 }) {
+            const int64_t x_stride = sh.n_in + 3, y_stride = sh.n_out + 1;
+            const std::vector<float> x = make_x(R, sh.n_in, x_stride, g);
+            test_weight plain = t;
+            plain.w.packed = nullptr;
+            for (int64_t e = 0; e < sh.n_expert; e++) {
+                test_weight te = t, tp = plain;
+                for (test_weight * v : { &te, &tp }) {
+                    v->w.n_expert = 1;
+                    v->w.data = t.data.data() + (size_t) e * t.w.expert_stride;
+                    v->w.packed = v == &te ? pk + (size_t) e * t.w.packed_expert_stride : nullptr;
+                    v->n_out = sh.n_out;
+                }
+                const std::vector<float> ref = run_matmul(tp, DSV4_ISA_SCALAR, nullptr, x, x_stride, R, y_stride, "scalar");
+                for (dsv4_isa isa : isas) {
+                    for (int nth = 1; nth <= 3; nth += 2) {
+                        const std::vector<float> un = run_matmul(tp, isa, pl.get(nth), x, x_stride, R, y_stride, "unpacked");
+                        const std::vector<float> y = run_matmul(te, isa, pl.get(nth), x, x_stride, R, y_stride, "packed");
+                        const std::vector<float> & want = isa == DSV4_ISA_AVX512 ? ref : un;
+                        CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0,
+                              "packed MXFP4 %s %d thr [%lld, %lld] R %lld expert %lld differs from the %s result",
+                              dsv4_isa_name(isa), nth, (long long) sh.n_out, (long long) sh.n_in, (long long) R,
+                              (long long) e, isa == DSV4_ISA_AVX512 ? "scalar" : "unpacked");
+                    }
+                }
+            }
+            if (g_failures > 20) {
+                break;
+            }
+        }
+        // the MoE entry point reads the packed experts too: against per-expert scalar products
+        if (sh.n_expert > 1 && dsv4_cpu_isa_supported(DSV4_ISA_AVX512)) {
+            const int64_t n_tok = 5, x_stride = sh.n_in, y_stride = sh.n_out;
+            const std::vector<float> x = make_x(n_tok, sh.n_in, x_stride, g);
+            std::vector<int32_t> ids((size_t) n_tok);
+            for (int64_t i = 0; i < n_tok; i++) {
+                ids[(size_t) i] = g.below((int) sh.n_expert);
+            }
+            std::vector<int32_t> expert((size_t) sh.n_expert), offset((size_t) sh.n_expert + 1), xr((size_t) n_tok),
+                yr((size_t) n_tok);
+            dsv4_moe_routes routes;
+            CHECK(dsv4_moe_group_by_expert(ids.data(), n_tok, 1, (int32_t) sh.n_expert, expert.data(), offset.data(),
+                                           xr.data(), yr.data(), &routes) == DSV4_OK, "group");
+            for (int nth = 1; nth <= 3; nth++) {
+                dsv4_matmul_params p = dsv4_matmul_default_params();
+                p.isa = DSV4_ISA_AVX512;
+                p.pool = pl.get(nth);
+                std::vector<float> y((size_t) (n_tok * y_stride), 0.0f);
+                CHECK(dsv4_matmul_moe(&p, &t.w, &routes, x.data(), x_stride, n_tok, y.data(), y_stride, n_tok) == DSV4_OK,
+                      "packed moe: %s", dsv4_last_error());
+                for (int64_t i = 0; i < n_tok; i++) {
+                    dsv4_weight we = t.w;
+                    we.n_expert = 1;
+                    we.packed = nullptr;
+                    we.data = t.data.data() + (size_t) ids[(size_t) i] * t.w.expert_stride;
+                    dsv4_matmul_params sp = dsv4_matmul_default_params();
+                    sp.isa = DSV4_ISA_SCALAR;
+                    std::vector<float> one((size_t) y_stride, 0.0f);
+                    CHECK(dsv4_matmul(&sp, &we, x.data() + i * x_stride, x_stride, one.data(), y_stride, 1) == DSV4_OK, "ref");
+                    CHECK(std::memcmp(one.data(), y.data() + i * y_stride, (size_t) sh.n_out * sizeof(float)) == 0,
+                          "packed moe %d thr: token %lld differs from the scalar product", nth, (long long) i);
+                }
+            }
+        }
+        free(buf);
+    }
+    // only MXFP4 packs
+    test_weight f;
+    make_weight(f, DSV4_TYPE_FP8_E4M3, 1, 32, 128, 0, g);
+    CHECK(dsv4_weight_packed_bytes(&f.w) == 0, "FP8 has no packed size");
+    alignas(64) static uint8_t dummy[64];
+    CHECK(dsv4_weight_pack(&f.w, dummy, sizeof(dummy)) == DSV4_ERR_UNSUPPORTED, "FP8 pack refused");
+}
+
 void print_summary() {
     const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
                                 DSV4_TYPE_MXFP4 };
@@ -873,6 +1010,7 @@ int main() {
     test_moe_matches_per_pair_products(true);
     test_rows_are_independent_of_the_batch();
     test_fp8_and_bf16_of_the_same_values_agree_bitwise();
+    test_packed_mxfp4();
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
     test_matmul_on_a_busy_pool_is_refused();

@@ -30,9 +30,12 @@ class Model(CompletionMixin):
 
     def __init__(self, path: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 64, load_draft: bool = True, exact: bool = False,
-                 draft: str | os.PathLike[str] | None = None) -> None:
+                 draft: str | os.PathLike[str] | None = None, repack: bool = True) -> None:
         """draft: a llama.cpp `dflash` sidecar (the mtp-*.gguf that `dsv4 convert --llama-cpp` writes)
-        to take the DSpark draft from, e.g. for a `deepseek4` target; it replaces a draft in the file."""
+        to take the DSpark draft from, e.g. for a `deepseek4` target; it replaces a draft in the file.
+        repack: on CPUs with AVX-512 VNNI, copy the MXFP4 experts once into the layout of the fast
+        kernel (the same bytes rearranged; costs memory for that copy). exact=True never reads it,
+        so it is skipped there."""
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         self.path = os.fspath(path)
@@ -44,7 +47,7 @@ class Model(CompletionMixin):
         if self.draft_path is not None and not load_draft:
             raise ValueError("draft= was given with load_draft=False")
         native = _native()
-        self._model = native.Model(self.path, load_draft, self.draft_path)
+        self._model = native.Model(self.path, load_draft, self.draft_path, repack and not exact)
         # exact=True runs every matmul with f32 activations (default: bf16-rounded for FP8/BF16
         # weights, 8-bit blocks for Q8_0/MXFP4).
         self._ctx = native.Context(self._model, n_ctx=n_ctx, n_threads=n_threads or 0, n_batch=n_batch,

@@ -528,6 +528,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx2 = {
     quantize_row,
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
+    nullptr,  // no packed-MXFP4 kernel
 };
 
 #if defined(__clang__)

@@ -536,6 +536,126 @@ void quantize_row(const float * x, int64_t n, uint8_t * dst, int32_t bias) {
     }
 }
 
+// ---- packed MXFP4 (the layout of dsv4_weight_pack) ----
+//
+// 16 output rows per vector lane set: per 32-column block, 8 vpdpbusd (each 4 columns of 16 rows
+// x 4 activation bytes broadcast) into one int32 accumulator per activation row, started from the
+// block's correction corr32 (the weights are the look-up table + 12); then per row one convert
+// and (d_w * d_x) * dot added to the f32 accumulator in block order. That is the scalar kernel's
+// arithmetic to the bit (the integer dot is exact; the product and the sum are rounded the same
+// way: no FMA, the rounding-mode intrinsics keep the compiler from contracting), so a row's result
+// does not depend on how many rows share the call, and the tests compare bits.
+
+constexpr int k_pk_rt = 8;  // activation rows per tile: 8 f32 + 8 int32 accumulators
+constexpr uintptr_t k_pf_pk = 16384;  // prefetch distance of the packed stream
+
+// 2^(e - 128) for 16 scale bytes, equal to dsv4_mm_e8m0_half: (e - 1) << 23 for e >= 2, the
+// subnormals 2^-128, 2^-127 for e = 0, 1.
+inline __m512 pk_scales(const uint8_t * e16) {
+    const __m512i e = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *) e16));
+    const __m512i normal = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    const __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+    const __mmask16 small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, normal, sub));
+}
+
+template <int RT>
+inline void tile_packed(const uint8_t * g, int64_t n_in, const uint8_t * const * xq, __m512 * out,
+                        const uint8_t * pf_lim) {
+    const int64_t nb = n_in / 32;
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values_u));
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const float * xd[RT];
+    const int32_t * xc[RT];
+    __m512 acc[RT];
+#pragma GCC unroll 8
+    for (int r = 0; r < RT; r++) {
+        xd[r] = (const float *) (xq[r] + n_in);
+        xc[r] = dsv4_mm_xq_corr32(xq[r], n_in);
+        acc[r] = _mm512_setzero_ps();
+    }
+    for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+        const uint8_t * sc = g;  // this super-block's scales
+        const int nj = nb - b0 < 4 ? (int) (nb - b0) : 4;
+        prefetch_ahead(g, k_pf_pk, pf_lim);
+        g += 64;
+        for (int j = 0; j < nj; j++, g += 256) {
+            const int64_t b = b0 + j;
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                prefetch_ahead(g + 64 * c, k_pf_pk, pf_lim);
+            }
+            __m512i iacc[RT];
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                iacc[r] = _mm512_set1_epi32(xc[r][b]);
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m512i v = _mm512_load_si512((const void *) (g + 64 * c));
+                const __m512i wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, low4));
+                const __m512i wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+#pragma GCC unroll 8
+                for (int r = 0; r < RT; r++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, xq[r] + 32 * b + 8 * c, 4);
+                    memcpy(&x1, xq[r] + 32 * b + 8 * c + 4, 4);
+                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], wl, _mm512_set1_epi32(x0));
+                    iacc[r] = _mm512_dpbusd_epi32(iacc[r], wh, _mm512_set1_epi32(x1));
+                }
+            }
+            const __m512 dw = pk_scales(sc + 16 * j);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                const __m512 s = _mm512_mul_round_ps(dw, _mm512_set1_ps(xd[r][b]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m512 p = _mm512_mul_round_ps(s, _mm512_cvtepi32_ps(iacc[r]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                acc[r] = _mm512_add_round_ps(acc[r], p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RT; r++) {
+        out[r] = acc[r];
+    }
+}
+
+template <int RT>
+inline void dispatch_packed(int rt, const uint8_t * g, int64_t n_in, const uint8_t * const * xq, __m512 * out,
+                            const uint8_t * pf_lim) {
+    if constexpr (RT == 1) {
+        tile_packed<1>(g, n_in, xq, out, pf_lim);
+    } else {
+        if (rt == RT) {
+            tile_packed<RT>(g, n_in, xq, out, pf_lim);
+        } else {
+            dispatch_packed<RT - 1>(rt, g, n_in, xq, out, pf_lim);
+        }
+    }
+}
+
+// o0 is a multiple of 16 (the driver's work units are 16-row aligned, like the packed groups).
+void mm_mxfp4_packed(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const uint8_t ** xs = (const uint8_t **) tmp;
+    for (int64_t i = 0; i < rows->n; i++) {
+        xs[i] = dsv4_mm_xq_row(rows, i);
+    }
+    const size_t gb = dsv4_mm_mxfp4_group_bytes(w->n_in);
+    const uint8_t * pf_lim = w->packed + (size_t) ((o1 + 15) / 16) * gb - 1;  // prefetch no further
+    for (int64_t o = o0; o < o1; o += 16) {
+        const uint8_t * g = w->packed + (size_t) (o / 16) * gb;
+        const int64_t valid = o1 - o < 16 ? o1 - o : 16;
+        const __mmask16 m = (__mmask16) ((1u << valid) - 1);
+        for (int64_t r0 = 0; r0 < rows->n; r0 += k_pk_rt) {
+            const int rt = rows->n - r0 < k_pk_rt ? (int) (rows->n - r0) : k_pk_rt;
+            __m512 out[k_pk_rt];
+            dispatch_packed<k_pk_rt>(rt, g, w->n_in, xs + r0, out, pf_lim);
+            for (int r = 0; r < rt; r++) {
+                _mm512_mask_storeu_ps(dsv4_mm_y_row(rows, r0 + r) + o, m, out[r]);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx512 = {
@@ -548,6 +668,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx512 = {
     quantize_row,
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
+    mm_mxfp4_packed,
 };
 
 #if defined(__clang__)

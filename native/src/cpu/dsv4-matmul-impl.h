@@ -22,6 +22,7 @@ struct dsv4_mm_w {
     size_t          row_bytes;
     const float *   scale;       // FP8: [ceil(n_out / 128)][scale_cols]
     int64_t         scale_cols;  // ceil(n_in / 128)
+    const uint8_t * packed;      // MXFP4: this expert in the 16-row packed layout, or NULL
 };
 
 // A set of activation rows and where their outputs go. Row i reads x (or xq) row
@@ -50,10 +51,12 @@ typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst, int3
 // q8_0 / mxfp4 read the quantized activations (rows->xq); q8_0_fx / mxfp4_fx are the
 // float-activation variants (params.float_activations): they read the f32 rows like the float
 // types and decode the weights to f32.
+// mxfp4_packed (NULL where an ISA has none) reads w->packed instead of w->data.
 struct dsv4_mm_isa_kernels {
     dsv4_mm_kernel   f32, f16, bf16, fp8, q8_0, mxfp4;
     dsv4_mm_quantize quantize;
     dsv4_mm_kernel   q8_0_fx, mxfp4_fx;
+    dsv4_mm_kernel   mxfp4_packed;
 };
 
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;
@@ -81,15 +84,40 @@ extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_neon;
 //   floats at n_in              d[nb]: block scales, x ~= d * q, d = max|x| / 127
 //   floats at n_in + 4 nb       d8[nb * 8]: each d repeated 8 times (one per int32 lane of a block)
 //   int32 at n_in + 36 nb       corr[n_in / 4]: -bias * (q[4i] + q[4i+1] + q[4i+2] + q[4i+3])
+//   int32 at 2 n_in + 36 nb     corr32[nb]: -bias * (sum of block b's 32 q) (dsv4_mm_xq_finish)
 // corr lets a kernel use unsigned weights w + bias (vpdpbusd multiplies u8 by s8): the dot of 4
-// (w + bias) with 4 q, started from corr, is exactly the dot of w with q.
+// (w + bias) with 4 q, started from corr, is exactly the dot of w with q; corr32 is the same for a
+// whole block (the packed MXFP4 kernel).
 static inline size_t dsv4_mm_xq_row_bytes(int64_t n_in) {
     const size_t nb = (size_t) n_in / 32;
-    return ((size_t) n_in * 2 + nb * 36 + 63) & ~(size_t) 63;
+    return ((size_t) n_in * 2 + nb * 40 + 63) & ~(size_t) 63;
 }
 
 static inline const int32_t * dsv4_mm_xq_corr(const uint8_t * xq, int64_t n_in) {
     return (const int32_t *) (xq + n_in + (n_in / 32) * 36);
+}
+
+static inline const int32_t * dsv4_mm_xq_corr32(const uint8_t * xq, int64_t n_in) {
+    return (const int32_t *) (xq + 2 * n_in + (n_in / 32) * 36);
+}
+
+// Fills corr32 from corr (ISA-independent; the driver runs it after each quantize).
+static inline void dsv4_mm_xq_finish(uint8_t * xq, int64_t n_in) {
+    const int32_t * corr = dsv4_mm_xq_corr(xq, n_in);
+    int32_t * corr32 = (int32_t *) (xq + 2 * n_in + (n_in / 32) * 36);
+    for (int64_t b = 0; b < n_in / 32; b++) {
+        int32_t s = 0;
+        for (int j = 0; j < 8; j++) {
+            s += corr[8 * b + j];
+        }
+        corr32[b] = s;
+    }
+}
+
+// Bytes of one 16-row group of packed MXFP4 (dsv4-matmul.h) with n_in columns.
+static inline size_t dsv4_mm_mxfp4_group_bytes(int64_t n_in) {
+    const size_t nb = (size_t) n_in / 32;
+    return (nb + 3) / 4 * 64 + nb * 256;
 }
 
 static inline int64_t dsv4_mm_pad16(int64_t n) {

@@ -476,6 +476,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_neon = {
     quantize_row,
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
+    nullptr,  // no packed-MXFP4 kernel
 };
 
 #endif  // __aarch64__

@@ -97,8 +97,9 @@ const dsv4_mm_isa_kernels * isa_kernels(dsv4_isa isa) {
 
 // rounded_x: FP8 / BF16 rows arrive rounded to bf16; on AVX-512 CPUs with AVX512_BF16 they go to
 // the native bf16 dot-product kernels, elsewhere to the f32 kernels (same arithmetic).
+// packed: the weight has the packed MXFP4 layout (dsv4_weight_pack), read where the ISA has a kernel.
 dsv4_mm_kernel kernel_for(dsv4_isa isa, const dsv4_mm_isa_kernels * k, dsv4_type type, bool quantized_x,
-                          bool rounded_x) {
+                          bool rounded_x, bool packed) {
 #if defined(__x86_64__)
     if (rounded_x && isa == DSV4_ISA_AVX512 && cpu_has_avx512_bf16()) {
         return type == DSV4_TYPE_FP8_E4M3 ? dsv4_mm_kernels_avx512bf16.fp8 : dsv4_mm_kernels_avx512bf16.bf16;
@@ -113,7 +114,11 @@ dsv4_mm_kernel kernel_for(dsv4_isa isa, const dsv4_mm_isa_kernels * k, dsv4_type
         case DSV4_TYPE_BF16:  return k->bf16;
         case DSV4_TYPE_FP8_E4M3:   return k->fp8;
         case DSV4_TYPE_Q8_0:  return quantized_x ? k->q8_0 : k->q8_0_fx;
-        case DSV4_TYPE_MXFP4: return quantized_x ? k->mxfp4 : k->mxfp4_fx;
+        case DSV4_TYPE_MXFP4:
+            if (quantized_x && packed && k->mxfp4_packed) {
+                return k->mxfp4_packed;
+            }
+            return quantized_x ? k->mxfp4 : k->mxfp4_fx;
         default:               return nullptr;
     }
 }
@@ -182,6 +187,7 @@ dsv4_mm_w expert_view(const dsv4_weight * w, int64_t e) {
     v.row_bytes = w->row_bytes;
     v.scale = w->scale ? w->scale + (size_t) e * w->scale_expert_stride : nullptr;
     v.scale_cols = (w->n_in + 127) / 128;
+    v.packed = w->packed ? (const uint8_t *) w->packed + (size_t) e * w->packed_expert_stride : nullptr;
     return v;
 }
 
@@ -218,6 +224,7 @@ dsv4_status get_scratch(const dsv4_matmul_params * p, size_t need, scratch_buf *
 
 struct quantize_task {
     dsv4_mm_quantize quantize;
+    bool finish;  // integer rows: fill corr32 (dsv4_mm_xq_finish)
     int32_t bias;
     const float * x;
     int64_t x_stride;
@@ -241,6 +248,9 @@ void quantize_fn(void * ctx, int ith, int nth) {
     const int64_t r1 = t->n_rows * (ith + 1) / nth;
     for (int64_t r = r0; r < r1; r++) {
         t->quantize(t->x + r * t->x_stride, t->n_in, t->xq + (size_t) r * t->xq_stride, t->bias);
+        if (t->finish) {
+            dsv4_mm_xq_finish(t->xq + (size_t) r * t->xq_stride, t->n_in);
+        }
     }
 }
 
@@ -356,6 +366,90 @@ extern "C" void dsv4_weight_init_experts(dsv4_weight * w, dsv4_type type, int64_
     w->expert_stride = (size_t) (n_out > 0 ? n_out : 0) * w->row_bytes;
     w->scale_expert_stride = type == DSV4_TYPE_FP8_E4M3 && n_out > 0 && n_in > 0
         ? (size_t) ((n_out + 127) / 128) * (size_t) ((n_in + 127) / 128) : 0;
+    w->packed = nullptr;
+    w->packed_expert_stride = 0;
+}
+
+static size_t packed_expert_bytes(int64_t n_out, int64_t n_in) {
+    return (size_t) ((n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS) * dsv4_mm_mxfp4_group_bytes(n_in);
+}
+
+extern "C" size_t dsv4_weight_packed_bytes(const dsv4_weight * w) {
+    if (!w || w->type != DSV4_TYPE_MXFP4 || w->n_out <= 0 || w->n_in <= 0 || w->n_in % 32 != 0 || w->n_expert < 1) {
+        return 0;
+    }
+    return packed_expert_bytes(w->n_out, w->n_in) * (size_t) w->n_expert;
+}
+
+// Chunk c of one row's block (its 16 code bytes q: q[j] holds column j in the low nibble and
+// 16 + j in the high one) as the 4 packed bytes of that row: columns 8c + t (low nibbles) and
+// 8c + 4 + t (high nibbles), t < 4; four bytes at a time.
+static inline uint32_t pack_row_chunk(const uint8_t * q, int c) {
+    uint32_t a, b;
+    memcpy(&a, q + 8 * (c & 1), 4);
+    memcpy(&b, q + 8 * (c & 1) + 4, 4);
+    if (c < 2) {  // columns 0-15: the low nibbles
+        return (a & 0x0F0F0F0Fu) | ((b & 0x0F0F0F0Fu) << 4);
+    }
+    return ((a >> 4) & 0x0F0F0F0Fu) | (b & 0xF0F0F0F0u);  // columns 16-31: the high nibbles
+}
+
+extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_size) {
+    static const char * fn = "dsv4_weight_pack";
+    dsv4_status st = check_weight(w, fn);
+    if (st != DSV4_OK) {
+        return st;
+    }
+    const size_t need = dsv4_weight_packed_bytes(w);
+    if (need == 0) {
+        return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: only MXFP4 weights have a packed layout, got %s", fn,
+                              type_name(w->type));
+    }
+    if (!dst || dst_size < need || ((uintptr_t) dst & 63) != 0) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: destination must be 64-byte aligned and hold %zu bytes (got %zu)",
+                              fn, need, dst ? dst_size : (size_t) 0);
+    }
+    const int64_t nb = w->n_in / 32;
+    const int64_t n_group = (w->n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS;
+    const size_t per_expert = packed_expert_bytes(w->n_out, w->n_in);
+    uint8_t * out = (uint8_t *) dst;
+    for (int64_t e = 0; e < w->n_expert; e++) {
+        const uint8_t * src = (const uint8_t *) w->data + (size_t) e * w->expert_stride;
+        for (int64_t g = 0; g < n_group; g++) {
+            const uint8_t * rows[DSV4_MXFP4_PACK_ROWS];
+            for (int i = 0; i < DSV4_MXFP4_PACK_ROWS; i++) {
+                const int64_t o = g * DSV4_MXFP4_PACK_ROWS + i;
+                rows[i] = o < w->n_out ? src + (size_t) o * w->row_bytes : nullptr;  // NULL: padding row
+            }
+            for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+                memset(out, 0, 64);
+                const int nj = nb - b0 < 4 ? (int) (nb - b0) : 4;
+                for (int j = 0; j < nj; j++) {
+                    for (int i = 0; i < DSV4_MXFP4_PACK_ROWS; i++) {
+                        out[16 * j + i] = rows[i] ? rows[i][(b0 + j) * DSV4_MXFP4_BLOCK_BYTES] : 0;
+                    }
+                }
+                out += 64;
+                for (int j = 0; j < nj; j++) {
+                    for (int i = 0; i < DSV4_MXFP4_PACK_ROWS; i++) {
+                        const uint8_t * q = rows[i] ? rows[i] + (b0 + j) * DSV4_MXFP4_BLOCK_BYTES + 1 : nullptr;
+                        for (int c = 0; c < 4; c++) {
+                            const uint32_t v = q ? pack_row_chunk(q, c) : 0;
+                            memcpy(out + 64 * c + 4 * i, &v, 4);
+                        }
+                    }
+                    out += 256;
+                }
+            }
+        }
+    }
+    w->packed = dst;
+    w->packed_expert_stride = per_expert;
+    return DSV4_OK;
+}
+
+extern "C" bool dsv4_cpu_reads_packed_mxfp4(void) {
+    return isa_kernels(dsv4_cpu_best_isa())->mxfp4_packed != nullptr;
 }
 
 extern "C" bool dsv4_cpu_isa_supported(dsv4_isa isa) {
@@ -460,7 +554,7 @@ static dsv4_status prepare_rows(const dsv4_mm_isa_kernels * kern, const dsv4_wei
     if (!qx && !rx) {
         return DSV4_OK;
     }
-    quantize_task q = { qx ? kern->quantize : round_row, qx ? quantize_bias(w->type) : 0, x, x_stride, n_x_rows,
+    quantize_task q = { qx ? kern->quantize : round_row, qx, qx ? quantize_bias(w->type) : 0, x, x_stride, n_x_rows,
                         w->n_in, *p, act_row_bytes(w->type, qx, rx, w->n_in) };
     dsv4_status st = run_quantize(pool, &q);
     if (st != DSV4_OK) {
@@ -515,7 +609,7 @@ extern "C" dsv4_status dsv4_matmul(const dsv4_matmul_params * params, const dsv4
     uint8_t * p = scratch.base;
 
     dense_task t;
-    t.kernel = kernel_for(isa, kern, w->type, qx, rx);
+    t.kernel = kernel_for(isa, kern, w->type, qx, rx, w->packed != nullptr);
     t.w = expert_view(w, 0);
     if ((st = prepare_rows(kern, w, pool, qx, rx, x, x_stride, n_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {
         return st;
@@ -593,7 +687,7 @@ extern "C" dsv4_status dsv4_matmul_moe(const dsv4_matmul_params * params, const 
     uint8_t * p = scratch.base;
 
     moe_task t;
-    t.kernel = kernel_for(isa, kern, w->type, qx, rx);
+    t.kernel = kernel_for(isa, kern, w->type, qx, rx, w->packed != nullptr);
     t.w = w;
     t.routes = routes;
     if ((st = prepare_rows(kern, w, pool, qx, rx, x, x_stride, n_x_rows, y, y_stride, &p, &t.rows)) != DSV4_OK) {

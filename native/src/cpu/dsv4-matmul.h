@@ -59,6 +59,10 @@ struct dsv4_weight {
     int64_t       n_expert;      // 1 for a plain matrix
     size_t        expert_stride; // bytes between experts (>= n_out * row_bytes)
     size_t        scale_expert_stride;  // FP8 with experts: floats between experts' scale tables
+    const void *  packed;        // MXFP4 only: the same matrix in the 16-row interleaved layout
+                                 // (dsv4_weight_pack), or NULL. Used by the kernels that read it
+                                 // (AVX-512 VNNI, 8-bit activations); the others keep reading data.
+    size_t        packed_expert_stride;  // bytes between experts in `packed`
 };
 
 // Bytes of one packed row of n_in elements, or 0 when the type is unknown or n_in does not fit
@@ -72,6 +76,27 @@ void dsv4_weight_init(struct dsv4_weight * w, dsv4_type type, int64_t n_out, int
 // Same for a packed expert stack [n_expert, n_out, n_in].
 void dsv4_weight_init_experts(struct dsv4_weight * w, dsv4_type type, int64_t n_expert, int64_t n_out,
                               int64_t n_in, const void * data, const float * scale);
+
+// MXFP4 packed for the AVX-512 VNNI kernel. Per expert, per group of 16 output rows (the last
+// group zero-padded), per super-block of 4 column blocks of 32 (the last one may hold fewer):
+// 64 bytes of block scales (block j's 16 scale bytes, rows 0-15, at 16 j; zero where no block),
+// then per block 4 chunks of 64 bytes; byte 4i + t of chunk c holds row i's codes of block
+// columns 8c + t (low nibble) and 8c + 4 + t (high nibble). A chunk decodes (two nibble look-ups)
+// into two vectors whose 32-bit lane i holds 4 consecutive weights of row i, which vpdpbusd
+// multiplies with 4 activation bytes broadcast to every lane: 16 output rows per instruction, no
+// horizontal sums, every load 64-byte aligned. The file's codes and scales, rearranged (no
+// requantization).
+#define DSV4_MXFP4_PACK_ROWS 16
+
+// Bytes dsv4_weight_pack needs for w (all experts), or 0 when w is not MXFP4.
+size_t dsv4_weight_packed_bytes(const struct dsv4_weight * w);
+
+// Writes w's matrix (every expert) in the packed layout into dst (64-byte aligned, dst_size >=
+// dsv4_weight_packed_bytes(w)) and points w->packed at it. dst must outlive every use of w.
+dsv4_status dsv4_weight_pack(struct dsv4_weight * w, void * dst, size_t dst_size);
+
+// Whether this CPU has a kernel that reads packed MXFP4 (so packing is worth its memory).
+bool dsv4_cpu_reads_packed_mxfp4(void);
 
 // The best ISA this CPU supports, and whether a given one is usable here.
 enum dsv4_isa dsv4_cpu_best_isa(void);
