@@ -7,7 +7,7 @@
 // Built and run by bench/kernels.py (which records the machine and writes the JSON); prints JSON
 // on stdout and progress on stderr. Usage:
 //   kernels [--threads 1,2] [--rows 1,6] [--small-mb 1] [--large-mb 256] [--types f32,f16,...]
-//           [--isa auto|scalar|avx2|avx512] [--isa-compare] [--reps-large 7] [--quick]
+//           [--isa auto|scalar|avx2|avx512] [--isa-compare] [--reps-large 7] [--quick] [--n-in 4096]
 #include "cpu/dsv4-matmul.h"
 #include "cpu/dsv4-membench.h"
 #include "cpu/dsv4-threadpool.h"
@@ -198,7 +198,7 @@ int main(int argc, char ** argv) {
     dsv4_isa isa = DSV4_ISA_AUTO;
     bool isa_compare = false;
     int reps_large = 7;
-    const int64_t n_in = 4096;
+    int64_t n_in = 4096;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         const char * v = i + 1 < argc ? argv[i + 1] : "";
@@ -209,6 +209,7 @@ int main(int argc, char ** argv) {
         else if (a == "--types") { types_arg = v; i++; }
         else if (a == "--isa") { isa = parse_isa(v); i++; }
         else if (a == "--reps-large") { reps_large = std::atoi(v); i++; }
+        else if (a == "--n-in") { n_in = std::atoll(v); i++; }
         else if (a == "--isa-compare") { isa_compare = true; }
         else if (a == "--quick") { large_mb = 64; reps_large = 3; }
         else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }

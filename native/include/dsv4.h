@@ -53,9 +53,10 @@ typedef struct dsv4_model_params {
     bool load_draft;   // bind the DSpark draft stages and heads when the file has them
     const char * draft_path;  // NULL, or a llama.cpp `dflash` sidecar (mtp-*.gguf) to take the draft
                               // from instead (with load_draft); its shapes must match the target's
-    bool repack;       // true (default): on CPUs with AVX-512 VNNI, copy the MXFP4 experts once
-                       // into the layout the fast kernel reads (same bytes rearranged; memory
-                       // for a second copy of the experts); false: compute from the mapping
+    bool repack;       // true (default): copy the weights this CPU has packed-layout kernels for
+                       // (MXFP4 experts with AVX-512 VNNI, FP8 matrices with AVX512_BF16) once
+                       // into those layouts (the same bytes rearranged; memory for a second copy
+                       // of them); false: compute from the mapping
 } dsv4_model_params;
 
 dsv4_model_params dsv4_model_default_params(void);
@@ -70,7 +71,7 @@ int32_t  dsv4_model_n_ctx_train(const dsv4_model * model);
 bool     dsv4_model_has_draft(const dsv4_model * model);
 int32_t  dsv4_model_n_tap(const dsv4_model * model);       // DSpark feature taps (0 without a draft)
 uint64_t dsv4_model_weight_bytes(const dsv4_model * model);  // bytes of all bound tensors
-uint64_t dsv4_model_packed_bytes(const dsv4_model * model);  // bytes of repacked experts (0: none)
+uint64_t dsv4_model_packed_bytes(const dsv4_model * model);  // bytes of repacked weights (0: none)
 const char * dsv4_model_arch(const dsv4_model * model);      // "dsv4" or "deepseek4"
 
 typedef struct dsv4_context_params {

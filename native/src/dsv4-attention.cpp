@@ -232,11 +232,7 @@ void dsv4_fwd_attn_core(dsv4_forward * f, const float * q, int32_t n, const floa
             const int64_t nk = n_keys[i];
             const float * const * kp = keys + i * max_keys;
             const float * qr = q + i * H * hd;
-            for (int64_t a = 0; a < nk; a++) {
-                for (int64_t h = h0; h < h1; h++) {
-                    S[(h - h0) * nk + a] = dsv4_dot(qr + h * hd, kp[a], hd) * scale;
-                }
-            }
+            dsv4_attn_scores(S, nk, qr + h0 * hd, hd, h1 - h0, kp, nk, hd, scale);
             // Softmax whose denominator also holds exp(sink_h): the sink takes mass, gives no value.
             for (int64_t h = h0; h < h1; h++) {
                 float * sr = S + (h - h0) * nk;
@@ -249,13 +245,8 @@ void dsv4_fwd_attn_core(dsv4_forward * f, const float * q, int32_t n, const floa
                 }
                 const float inv = 1.0f / den;
                 for (int64_t a = 0; a < nk; a++) sr[a] *= inv;
-                memset(o + (i * H + h) * hd, 0, (size_t) hd * sizeof(float));
             }
-            for (int64_t a = 0; a < nk; a++) {
-                for (int64_t h = h0; h < h1; h++) {
-                    dsv4_axpy(o + (i * H + h) * hd, S[(h - h0) * nk + a], kp[a], hd);
-                }
-            }
+            dsv4_attn_values(o + (i * H + h0) * hd, hd, S, nk, h1 - h0, kp, nk, hd);
             // V = K carries the keys' rotation: de-rotate with the query position (§4.2).
             for (int64_t h = h0; h < h1; h++) {
                 dsv4_rope_tail(o + (i * H + h) * hd, hd, rd, rope + i * rd, true);

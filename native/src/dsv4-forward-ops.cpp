@@ -61,3 +61,113 @@ DSV4_CLONES void dsv4_axpy(float * y, float a, const float * x, int64_t n) {
         y[i] += a * x[i];
     }
 }
+
+// Lanes of one partial-sum vector, in the fixed order dsv4_dot uses.
+#define DSV4_HSUM8(s) (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])))
+
+// The n % 8 columns past the vectors, in order (head dims are multiples of 8 in practice).
+static inline float dot_tail(const float * a, const float * b, int64_t i0, int64_t n) {
+    float r = 0.0f;
+    for (int64_t i = i0; i < n; i++) {
+        r += a[i] * b[i];
+    }
+    return r;
+}
+
+DSV4_CLONES void dsv4_attn_scores(float * S, int64_t s_stride, const float * q, int64_t q_stride, int64_t nh,
+                                  const float * const * keys, int64_t nk, int64_t n, float scale) {
+    const int64_t n8 = n & ~(int64_t) 7;
+    for (int64_t h0 = 0; h0 < nh; h0 += 4) {
+        const int64_t hn = nh - h0 < 4 ? nh - h0 : 4;
+        const float * qh[4];
+        for (int64_t j = 0; j < 4; j++) {
+            qh[j] = q + (h0 + (j < hn ? j : 0)) * q_stride;  // a short block repeats head h0
+        }
+        int64_t a = 0;
+        for (; a + 2 <= nk; a += 2) {
+            const float * k0 = keys[a];
+            const float * k1 = keys[a + 1];
+            dsv4_v8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+            for (int64_t i = 0; i < n8; i += 8) {
+                DSV4_LOAD8(kv0, k0 + i);
+                DSV4_LOAD8(kv1, k1 + i);
+                DSV4_LOAD8(q0, qh[0] + i);
+                DSV4_LOAD8(q1, qh[1] + i);
+                DSV4_LOAD8(q2, qh[2] + i);
+                DSV4_LOAD8(q3, qh[3] + i);
+                s00 += q0 * kv0;
+                s01 += q0 * kv1;
+                s10 += q1 * kv0;
+                s11 += q1 * kv1;
+                s20 += q2 * kv0;
+                s21 += q2 * kv1;
+                s30 += q3 * kv0;
+                s31 += q3 * kv1;
+            }
+            const float r[8] = { DSV4_HSUM8(s00), DSV4_HSUM8(s01), DSV4_HSUM8(s10), DSV4_HSUM8(s11),
+                                 DSV4_HSUM8(s20), DSV4_HSUM8(s21), DSV4_HSUM8(s30), DSV4_HSUM8(s31) };
+            for (int64_t j = 0; j < hn; j++) {
+                S[(h0 + j) * s_stride + a] = (r[2 * j] + dot_tail(qh[j], k0, n8, n)) * scale;
+                S[(h0 + j) * s_stride + a + 1] = (r[2 * j + 1] + dot_tail(qh[j], k1, n8, n)) * scale;
+            }
+        }
+        for (; a < nk; a++) {  // the odd key: the same per-pair sequence
+            const float * k0 = keys[a];
+            for (int64_t j = 0; j < hn; j++) {
+                dsv4_v8 s0 = {0};
+                for (int64_t i = 0; i < n8; i += 8) {
+                    DSV4_LOAD8(kv0, k0 + i);
+                    DSV4_LOAD8(q0, qh[j] + i);
+                    s0 += q0 * kv0;
+                }
+                S[(h0 + j) * s_stride + a] = (DSV4_HSUM8(s0) + dot_tail(qh[j], k0, n8, n)) * scale;
+            }
+        }
+    }
+}
+
+DSV4_CLONES void dsv4_attn_values(float * o, int64_t o_stride, const float * S, int64_t s_stride, int64_t nh,
+                                  const float * const * keys, int64_t nk, int64_t n) {
+    for (int64_t h = 0; h < nh; h++) {
+        const float * sh = S + h * s_stride;
+        float * oh = o + h * o_stride;
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            dsv4_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int64_t a = 0; a < nk; a++) {
+                const float w = sh[a];
+                const dsv4_v8 wv = {w, w, w, w, w, w, w, w};
+                const float * k = keys[a] + i;
+                DSV4_LOAD8(k0, k);
+                DSV4_LOAD8(k1, k + 8);
+                DSV4_LOAD8(k2, k + 16);
+                DSV4_LOAD8(k3, k + 24);
+                a0 += wv * k0;
+                a1 += wv * k1;
+                a2 += wv * k2;
+                a3 += wv * k3;
+            }
+            memcpy(oh + i, &a0, sizeof(a0));
+            memcpy(oh + i + 8, &a1, sizeof(a1));
+            memcpy(oh + i + 16, &a2, sizeof(a2));
+            memcpy(oh + i + 24, &a3, sizeof(a3));
+        }
+        for (; i + 8 <= n; i += 8) {
+            dsv4_v8 a0 = {0};
+            for (int64_t a = 0; a < nk; a++) {
+                const float w = sh[a];
+                const dsv4_v8 wv = {w, w, w, w, w, w, w, w};
+                DSV4_LOAD8(k0, keys[a] + i);
+                a0 += wv * k0;
+            }
+            memcpy(oh + i, &a0, sizeof(a0));
+        }
+        for (; i < n; i++) {
+            float a0 = 0.0f;
+            for (int64_t a = 0; a < nk; a++) {
+                a0 += sh[a] * keys[a][i];
+            }
+            oh[i] = a0;
+        }
+    }
+}

@@ -42,6 +42,17 @@ void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn 
 float dsv4_dot(const float * a, const float * b, int64_t n);
 void  dsv4_axpy(float * y, float a, const float * x, int64_t n);
 
+// The attention core's two products for nh heads against nk keys of n floats,
+// blocked so that a key chunk is loaded once for several heads (4 heads x 2 keys per step) and an
+// output chunk stays in registers over all keys; fixed order per element, independent of batching.
+//   scores: S[h * s_stride + a] = scale * dot(q + h * q_stride, keys[a])
+//   values: o[h * o_stride + i] = sum_a S[h * s_stride + a] * keys[a][i]   (o overwritten;
+//           the sum runs over a in order, one multiply-add per key, like repeated dsv4_axpy)
+void dsv4_attn_scores(float * S, int64_t s_stride, const float * q, int64_t q_stride, int64_t nh,
+                      const float * const * keys, int64_t nk, int64_t n, float scale);
+void dsv4_attn_values(float * o, int64_t o_stride, const float * S, int64_t s_stride, int64_t nh,
+                      const float * const * keys, int64_t nk, int64_t n);
+
 // 1 / sqrt(mean(x^2) + eps), the mean accumulated in double.
 static inline float dsv4_rms_inv(const float * x, int64_t n, float eps) {
     double ss = 0;

@@ -104,6 +104,13 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
         v.n_expert = 1;
         v.expert_stride = (size_t) ol * w.row_bytes;
         v.scale_expert_stride = 0;
+        // the packed copy (FP8: groups of 4 rows), where the group starts at a group boundary
+        v.packed = nullptr;
+        v.packed_expert_stride = 0;
+        if (w.packed && w.type == DSV4_TYPE_FP8_E4M3 && (g * ol) % DSV4_FP8_PACK_ROWS == 0) {
+            v.packed = (const uint8_t *) w.packed + (size_t) (g * ol / DSV4_FP8_PACK_ROWS) *
+                                                        DSV4_FP8_PACK_ROWS * (size_t) ((in + 63) / 64 * 64);
+        }
     }
     return DSV4_OK;
 }

@@ -552,24 +552,37 @@ dsv4_status load_sidecar(dsv4_model * m, const char * path) {
     return DSV4_OK;
 }
 
-// MXFP4 experts (target and draft stages) copied into the packed layout the AVX-512 VNNI kernel
-// reads (cpu/dsv4-matmul.h): the same bytes rearranged, in owned memory beside the mapping. The
-// mapping's pages of those tensors are then only read again by the float-activation mode.
-dsv4_status pack_experts(dsv4_model * m) {
+// Weights copied into the packed layouts this CPU's kernels read (cpu/dsv4-matmul.h): MXFP4
+// experts (AVX-512 VNNI) and FP8 matrices (AVX512_BF16), target and draft. The same bytes
+// rearranged, in owned memory beside the mapping; the mapping's pages of those tensors are then
+// only read by paths without a packed kernel (the float-activation mode, row gathers).
+dsv4_status pack_weight(dsv4_model * m, dsv4_weight * w) {
+    const size_t bytes = dsv4_weight_packed_bytes(w);
+    if (bytes == 0 || !w->data || w->packed || !dsv4_cpu_reads_packed(w->type)) return DSV4_OK;
+    void * buf = nullptr;
+    if (posix_memalign(&buf, 64, bytes) != 0) {
+        return dsv4_set_error(DSV4_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes to repack a weight (load with "
+                              "repack = false to run from the mapping)", m->path.c_str(), bytes);
+    }
+    m->packed_storage.emplace_back((uint8_t *) buf);
+    dsv4_status st = dsv4_weight_pack(w, buf, bytes);
+    if (st != DSV4_OK) return st;
+    m->packed_bytes += bytes;
+    return DSV4_OK;
+}
+
+dsv4_status pack_weights(dsv4_model * m) {
     for (dsv4_layer & l : m->layers) {
-        for (dsv4_weight * w : {&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps}) {
-            const size_t bytes = dsv4_weight_packed_bytes(w);
-            if (bytes == 0 || !w->data) continue;
-            void * buf = nullptr;
-            if (posix_memalign(&buf, 64, bytes) != 0) {
-                return dsv4_set_error(DSV4_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes for packed experts (load with "
-                                      "repack = false to run from the mapping)", m->path.c_str(), bytes);
-            }
-            m->packed_storage.emplace_back((uint8_t *) buf);
-            dsv4_status st = dsv4_weight_pack(w, buf, bytes);
+        for (dsv4_weight * w : {&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps, &l.wq_a, &l.wq_b, &l.wkv, &l.wo_a,
+                                &l.wo_b, &l.comp_wkv, &l.comp_wgate, &l.idx_wq_b, &l.idx_proj, &l.idx_comp_wkv,
+                                &l.idx_comp_wgate, &l.gate_inp, &l.ffn_gate_shexp, &l.ffn_up_shexp, &l.ffn_down_shexp}) {
+            dsv4_status st = pack_weight(m, w);
             if (st != DSV4_OK) return st;
-            m->packed_bytes += bytes;
         }
+    }
+    for (dsv4_weight * w : {&m->output, &m->dspark_fc, &m->markov_w2, &m->conf_proj}) {
+        dsv4_status st = pack_weight(m, w);
+        if (st != DSV4_OK) return st;
     }
     return DSV4_OK;
 }
@@ -633,7 +646,7 @@ dsv4_status load(dsv4_model * m, const dsv4_model_params & params) {
     }
     m->weight_bytes = L.bound_bytes;
     if (params.load_draft && params.draft_path) TRY(load_sidecar(m, params.draft_path));
-    if (params.repack && dsv4_cpu_reads_packed_mxfp4()) TRY(pack_experts(m));
+    if (params.repack) TRY(pack_weights(m));
     return DSV4_OK;
 }
 

@@ -968,12 +968,103 @@ void test_packed_mxfp4() {
         }
         free(buf);
     }
-    // only MXFP4 packs
+    // only MXFP4 and FP8 pack
     test_weight f;
-    make_weight(f, DSV4_TYPE_FP8_E4M3, 1, 32, 128, 0, g);
-    CHECK(dsv4_weight_packed_bytes(&f.w) == 0, "FP8 has no packed size");
+    make_weight(f, DSV4_TYPE_BF16, 1, 32, 128, 0, g);
+    CHECK(dsv4_weight_packed_bytes(&f.w) == 0, "BF16 has no packed size");
     alignas(64) static uint8_t dummy[64];
-    CHECK(dsv4_weight_pack(&f.w, dummy, sizeof(dummy)) == DSV4_ERR_UNSUPPORTED, "FP8 pack refused");
+    CHECK(dsv4_weight_pack(&f.w, dummy, sizeof(dummy)) == DSV4_ERR_UNSUPPORTED, "BF16 pack refused");
+}
+
+
+// Packed FP8 (dsv4_weight_pack, groups of 4 rows): the bytes sit where dsv4-matmul.h says, and
+// every ISA and mode gives bit-identical results with and without the packed copy (the AVX512_BF16
+// kernels read it, the others ignore it), power-of-two and other scales, odd n_out, n_in not a
+// multiple of 64, R from 1 to 33, threads, and an expert stack through the MoE entry point.
+void test_packed_fp8() {
+    pools pl;
+    rng g(5151);
+    struct shape { int64_t n_expert, n_out, n_in; size_t pad; bool pow2; };
+    const shape shapes[] = { { 1, 4, 64, 0, true }, { 1, 7, 200, 0, true }, { 1, 130, 300, 5, true },
+                             { 1, 257, 2048, 0, true }, { 1, 70, 330, 0, false }, { 3, 36, 256, 0, true } };
+    std::vector<dsv4_isa> isas = simd_isas();
+    isas.insert(isas.begin(), DSV4_ISA_SCALAR);
+    for (const shape & sh : shapes) {
+        test_weight t;
+        make_weight(t, DSV4_TYPE_FP8_E4M3, sh.n_expert, sh.n_out, sh.n_in, sh.pad, g, sh.pow2);
+        const size_t bytes = dsv4_weight_packed_bytes(&t.w);
+        const int64_t npad = (sh.n_in + 63) / 64 * 64, groups = (sh.n_out + 3) / 4;
+        CHECK(bytes == (size_t) (sh.n_expert * groups * 4 * npad), "FP8 packed bytes %zu", bytes);
+        void * buf = nullptr;
+        CHECK(posix_memalign(&buf, 64, bytes) == 0, "alloc");
+        CHECK(dsv4_weight_pack(&t.w, buf, bytes) == DSV4_OK, "pack fp8: %s", dsv4_last_error());
+        const uint8_t * pk = (const uint8_t *) buf;
+        int bad = 0;
+        for (int64_t e = 0; e < sh.n_expert; e++) {
+            for (int64_t o = 0; o < groups * 4; o++) {
+                for (int64_t k = 0; k < npad; k++) {
+                    const uint8_t got = pk[(size_t) (e * groups * 4 * npad + (o / 4) * 4 * npad + (k / 64) * 256 +
+                                                     (o % 4) * 64 + k % 64)];
+                    const uint8_t want = o < sh.n_out && k < sh.n_in
+                        ? t.data[(size_t) (e * sh.n_out + o) * t.row_bytes + (size_t) k] : 0;
+                    bad += got != want;
+                }
+            }
+        }
+        CHECK(bad == 0, "FP8 packed layout: %d bytes misplaced", bad);
+        for (int64_t R : { 1, 2, 5, 6, 7, 33 }) {
+            const int64_t x_stride = sh.n_in + 1, y_stride = sh.n_out + 2;
+            const std::vector<float> x = make_x(R, sh.n_in, x_stride, g);
+            for (int64_t e = 0; e < sh.n_expert; e++) {
+                test_weight te = t, tp = t;
+                for (test_weight * v : { &te, &tp }) {
+                    v->w.n_expert = 1;
+                    v->w.data = t.data.data() + (size_t) e * t.w.expert_stride;
+                    v->w.scale = t.scale.data() + (size_t) e * t.w.scale_expert_stride;
+                    v->w.packed = v == &te ? pk + (size_t) e * t.w.packed_expert_stride : nullptr;
+                }
+                for (dsv4_isa isa : isas) {
+                    for (bool fx : { false, true }) {
+                        for (int nth = 1; nth <= 3; nth += 2) {
+                            const std::vector<float> a = run_matmul(tp, isa, pl.get(nth), x, x_stride, R, y_stride, "fp8", fx);
+                            const std::vector<float> b = run_matmul(te, isa, pl.get(nth), x, x_stride, R, y_stride, "fp8 packed", fx);
+                            CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0,
+                                  "packed FP8 %s%s %d thr [%lld, %lld]%s R %lld expert %lld differs from unpacked",
+                                  dsv4_isa_name(isa), fx ? " (float activations)" : "", nth, (long long) sh.n_out,
+                                  (long long) sh.n_in, sh.pow2 ? "" : " (non-pow2 scales)", (long long) R, (long long) e);
+                        }
+                    }
+                }
+            }
+            if (g_failures > 20) {
+                break;
+            }
+        }
+        if (sh.n_expert > 1) {  // the MoE entry point: packed stack == unpacked stack
+            const int64_t n_tok = 5;
+            const std::vector<float> x = make_x(n_tok, sh.n_in, sh.n_in, g);
+            std::vector<int32_t> ids((size_t) n_tok), expert((size_t) sh.n_expert), offset((size_t) sh.n_expert + 1),
+                xr((size_t) n_tok), yr((size_t) n_tok);
+            for (int32_t & id : ids) {
+                id = g.below((int) sh.n_expert);
+            }
+            dsv4_moe_routes routes;
+            CHECK(dsv4_moe_group_by_expert(ids.data(), n_tok, 1, (int32_t) sh.n_expert, expert.data(), offset.data(),
+                                           xr.data(), yr.data(), &routes) == DSV4_OK, "group");
+            dsv4_weight wp = t.w, wu = t.w;
+            wu.packed = nullptr;
+            for (int nth = 1; nth <= 3; nth++) {
+                dsv4_matmul_params p = dsv4_matmul_default_params();
+                p.pool = pl.get(nth);
+                std::vector<float> ya((size_t) (n_tok * sh.n_out)), yb((size_t) (n_tok * sh.n_out));
+                CHECK(dsv4_matmul_moe(&p, &wu, &routes, x.data(), sh.n_in, n_tok, ya.data(), sh.n_out, n_tok) == DSV4_OK &&
+                      dsv4_matmul_moe(&p, &wp, &routes, x.data(), sh.n_in, n_tok, yb.data(), sh.n_out, n_tok) == DSV4_OK,
+                      "fp8 moe: %s", dsv4_last_error());
+                CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)) == 0, "packed FP8 moe %d thr differs", nth);
+            }
+        }
+        free(buf);
+    }
 }
 
 void print_summary() {
@@ -1011,6 +1102,7 @@ int main() {
     test_rows_are_independent_of_the_batch();
     test_fp8_and_bf16_of_the_same_values_agree_bitwise();
     test_packed_mxfp4();
+    test_packed_fp8();
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
     test_matmul_on_a_busy_pool_is_refused();

@@ -126,10 +126,13 @@ inline __m512i load32(const uint8_t * row, int64_t k, int64_t n) {
 }
 
 // 64 FP8 weights of a row at column k decoded to two bf16 chunks (masked past n).
-inline void load_fp8_64(const uint8_t * row, int64_t k, int64_t n, const fp8_consts & c, __m512i * w0, __m512i * w1) {
+// cm: bytes between a row's 64-column chunks per column (1: plain rows; the packed layout
+// interleaves 4 rows' chunks, so a row's chunk at column k sits at row + 4k).
+inline void load_fp8_64(const uint8_t * row, int64_t k, int64_t n, int64_t cm, const fp8_consts & c, __m512i * w0,
+                        __m512i * w1) {
     const int64_t left = n - k;
-    const __m512i b = left >= 64 ? _mm512_loadu_si512((const void *) (row + k))
-                                 : _mm512_maskz_loadu_epi8((__mmask64) ((1ull << left) - 1), row + k);
+    const __m512i b = left >= 64 ? _mm512_loadu_si512((const void *) (row + k * cm))
+                                 : _mm512_maskz_loadu_epi8((__mmask64) ((1ull << left) - 1), row + k * cm);
     decode_fp8_64(b, c, w0, w1);
 }
 
@@ -179,7 +182,7 @@ inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int6
 
 // FP8 weight rows decoded inline, one activation row (decode): the same chunk sequence per output.
 template <int OR>
-inline void tile_fp8_1(const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
+inline void tile_fp8_1(const uint8_t * const * w, int64_t cm, const uint16_t * const * x, int64_t n, float * out,
                        const uint8_t * pf_lim) {
     const fp8_consts c;
     __m512 acc[OR];
@@ -190,14 +193,14 @@ inline void tile_fp8_1(const uint8_t * const * w, const uint16_t * const * x, in
     for (int64_t k = 0; k < n; k += 64) {
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
-            prefetch_ahead(w[i] + k, pf_lim);
+            prefetch_ahead(w[i] + k * cm, pf_lim);
         }
         const __m512i x0 = _mm512_loadu_si512((const void *) (x[0] + k));
         const __m512i x1 = _mm512_loadu_si512((const void *) (x[0] + k + 32));
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
             __m512i w0, w1;
-            load_fp8_64(w[i], k, n, c, &w0, &w1);
+            load_fp8_64(w[i], k, n, cm, c, &w0, &w1);
             acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh) w0, (__m512bh) x0);
             if (k + 32 < n) {  // exactly the chunks the bf16 tiles run (no extra dot of zeros)
                 acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh) w1, (__m512bh) x1);
@@ -230,6 +233,7 @@ inline void dispatch(int rt, const uint8_t * const * w, const uint16_t * const *
 // chains and streams.
 constexpr int k_or = 4;
 static_assert(k_or <= DSV4_MM_BF16X_STRIP, "the strip in tmp holds k_or rows");
+static_assert(k_or == DSV4_FP8_PACK_ROWS, "a tile reads one packed FP8 group");
 constexpr int k_rt = 6;
 
 // Weight rows wp[0..OR) (bf16) against all activation rows.
@@ -286,16 +290,22 @@ void run_block(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows *
                uint16_t * strip, const uint8_t * pf_lim) {
     const int64_t n = w->n_in, R = rows->n;
     const uint8_t * wp[k_or];
+    // FP8 packed (dsv4_weight_pack): groups of 4 rows (o is a multiple of 4 here: 128-row scale
+    // blocks and the driver's 16-row units), each row's chunks 256 bytes apart.
+    const bool packed = FP8 && w->packed;
+    const int64_t cm = packed ? DSV4_FP8_PACK_ROWS : 1;
+    const size_t group = (size_t) DSV4_FP8_PACK_ROWS * (size_t) pad64(n);
     for (int64_t o = o0; o < o1; o += k_or) {
         const int nr = o1 - o < k_or ? (int) (o1 - o) : k_or;
         for (int i = 0; i < nr; i++) {
-            wp[i] = w->data + (size_t) (o + i) * w->row_bytes;
+            wp[i] = packed ? w->packed + (size_t) (o / DSV4_FP8_PACK_ROWS) * group + 64 * (size_t) i
+                           : w->data + (size_t) (o + i) * w->row_bytes;
         }
         bool prefetch = true;
         if constexpr (FP8) {
             if (R == 1 && nr == k_or) {  // decode: no reuse, decode inline
                 float out[k_or];
-                tile_fp8_1<k_or>(wp, xs, n, out, pf_lim);
+                tile_fp8_1<k_or>(wp, cm, xs, n, out, pf_lim);
                 float * y = dsv4_mm_y_row(rows, 0);
                 for (int i = 0; i < k_or; i++) {
                     y[o + i] = out[i];
@@ -309,9 +319,9 @@ void run_block(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows *
             for (int i = 0; i < nr; i++) {
                 uint16_t * dst = strip + i * sp;
                 for (int64_t k = 0; k < n; k += 64) {
-                    prefetch_ahead(wp[i] + k, pf_lim);
+                    prefetch_ahead(wp[i] + k * cm, pf_lim);
                     __m512i w0, w1;
-                    load_fp8_64(wp[i], k, n, c, &w0, &w1);
+                    load_fp8_64(wp[i], k, n, cm, c, &w0, &w1);
                     _mm512_storeu_si512((void *) (dst + k), w0);
                     _mm512_storeu_si512((void *) (dst + k + 32), w1);
                 }
@@ -340,7 +350,9 @@ void mm_bf16x(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
     for (int64_t i = 0; i < R; i++) {
         xs[i] = xbuf + i * sp;
     }
-    const uint8_t * pf_lim = w->data + (size_t) o1 * w->row_bytes - 1;
+    const uint8_t * pf_lim = FP8 && w->packed
+        ? w->packed + (size_t) ((o1 + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS) * DSV4_FP8_PACK_ROWS * (size_t) pad64(n) - 1
+        : w->data + (size_t) o1 * w->row_bytes - 1;
     if constexpr (!FP8) {
         for (int64_t i = 0; i < R; i++) {
             to_bf16(dsv4_mm_x_row(rows, i), nullptr, n, sp, xbuf + i * sp);

@@ -374,11 +374,49 @@ static size_t packed_expert_bytes(int64_t n_out, int64_t n_in) {
     return (size_t) ((n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS) * dsv4_mm_mxfp4_group_bytes(n_in);
 }
 
+static size_t fp8_packed_expert_bytes(int64_t n_out, int64_t n_in) {
+    const size_t groups = (size_t) ((n_out + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS);
+    return groups * DSV4_FP8_PACK_ROWS * (size_t) ((n_in + 63) / 64 * 64);
+}
+
 extern "C" size_t dsv4_weight_packed_bytes(const dsv4_weight * w) {
-    if (!w || w->type != DSV4_TYPE_MXFP4 || w->n_out <= 0 || w->n_in <= 0 || w->n_in % 32 != 0 || w->n_expert < 1) {
+    if (!w || w->n_out <= 0 || w->n_in <= 0 || w->n_expert < 1) {
+        return 0;
+    }
+    if (w->type == DSV4_TYPE_FP8_E4M3) {
+        return fp8_packed_expert_bytes(w->n_out, w->n_in) * (size_t) w->n_expert;
+    }
+    if (w->type != DSV4_TYPE_MXFP4 || w->n_in % 32 != 0) {
         return 0;
     }
     return packed_expert_bytes(w->n_out, w->n_in) * (size_t) w->n_expert;
+}
+
+// FP8: 64-byte chunks of 4 rows interleaved (dsv4-matmul.h).
+static void pack_fp8(dsv4_weight * w, uint8_t * out) {
+    const size_t chunks = (size_t) ((w->n_in + 63) / 64);
+    const int64_t n_group = (w->n_out + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS;
+    const size_t per_expert = fp8_packed_expert_bytes(w->n_out, w->n_in);
+    for (int64_t e = 0; e < w->n_expert; e++) {
+        const uint8_t * src = (const uint8_t *) w->data + (size_t) e * w->expert_stride;
+        uint8_t * dst = out + (size_t) e * per_expert;
+        for (int64_t g = 0; g < n_group; g++) {
+            for (size_t c = 0; c < chunks; c++) {
+                for (int i = 0; i < DSV4_FP8_PACK_ROWS; i++) {
+                    uint8_t * d = dst + ((size_t) g * chunks + c) * 64 * DSV4_FP8_PACK_ROWS + 64 * (size_t) i;
+                    const int64_t o = g * DSV4_FP8_PACK_ROWS + i;
+                    const int64_t k0 = (int64_t) c * 64;
+                    const int64_t len = w->n_in - k0 < 64 ? w->n_in - k0 : 64;
+                    memset(d, 0, 64);
+                    if (o < w->n_out) {
+                        memcpy(d, src + (size_t) o * w->row_bytes + k0, (size_t) len);
+                    }
+                }
+            }
+        }
+    }
+    w->packed = out;
+    w->packed_expert_stride = per_expert;
 }
 
 // Chunk c of one row's block (its 16 code bytes q: q[j] holds column j in the low nibble and
@@ -402,12 +440,16 @@ extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_
     }
     const size_t need = dsv4_weight_packed_bytes(w);
     if (need == 0) {
-        return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: only MXFP4 weights have a packed layout, got %s", fn,
-                              type_name(w->type));
+        return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: only MXFP4 and FP8_E4M3 weights have a packed layout, got %s",
+                              fn, type_name(w->type));
     }
     if (!dst || dst_size < need || ((uintptr_t) dst & 63) != 0) {
         return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: destination must be 64-byte aligned and hold %zu bytes (got %zu)",
                               fn, need, dst ? dst_size : (size_t) 0);
+    }
+    if (w->type == DSV4_TYPE_FP8_E4M3) {
+        pack_fp8(w, (uint8_t *) dst);
+        return DSV4_OK;
     }
     const int64_t nb = w->n_in / 32;
     const int64_t n_group = (w->n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS;
@@ -448,8 +490,14 @@ extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_
     return DSV4_OK;
 }
 
-extern "C" bool dsv4_cpu_reads_packed_mxfp4(void) {
-    return isa_kernels(dsv4_cpu_best_isa())->mxfp4_packed != nullptr;
+extern "C" bool dsv4_cpu_reads_packed(dsv4_type type) {
+    if (type == DSV4_TYPE_MXFP4) {
+        return isa_kernels(dsv4_cpu_best_isa())->mxfp4_packed != nullptr;
+    }
+    if (type == DSV4_TYPE_FP8_E4M3) {
+        return dsv4_cpu_best_isa() == DSV4_ISA_AVX512 && cpu_has_avx512_bf16();
+    }
+    return false;
 }
 
 extern "C" bool dsv4_cpu_isa_supported(dsv4_isa isa) {

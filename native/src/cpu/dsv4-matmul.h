@@ -59,9 +59,10 @@ struct dsv4_weight {
     int64_t       n_expert;      // 1 for a plain matrix
     size_t        expert_stride; // bytes between experts (>= n_out * row_bytes)
     size_t        scale_expert_stride;  // FP8 with experts: floats between experts' scale tables
-    const void *  packed;        // MXFP4 only: the same matrix in the 16-row interleaved layout
-                                 // (dsv4_weight_pack), or NULL. Used by the kernels that read it
-                                 // (AVX-512 VNNI, 8-bit activations); the others keep reading data.
+    const void *  packed;        // MXFP4 / FP8_E4M3: the same matrix in the interleaved layout of
+                                 // dsv4_weight_pack, or NULL. Read by the kernels made for it
+                                 // (AVX-512 VNNI with 8-bit activations for MXFP4, AVX512_BF16 with
+                                 // bf16 activations for FP8); every other path keeps reading data.
     size_t        packed_expert_stride;  // bytes between experts in `packed`
 };
 
@@ -88,15 +89,23 @@ void dsv4_weight_init_experts(struct dsv4_weight * w, dsv4_type type, int64_t n_
 // requantization).
 #define DSV4_MXFP4_PACK_ROWS 16
 
-// Bytes dsv4_weight_pack needs for w (all experts), or 0 when w is not MXFP4.
+// FP8_E4M3 packed for the AVX512_BF16 kernels: per expert, per group of 4 output rows (the last
+// group zero-padded), per 64-column chunk c (the last one zero-padded): row i's 64 bytes at
+// 256 c + 64 i. The 4 rows a decode tile reads are then one contiguous stream instead of 4 (the
+// hardware prefetchers follow one stream far better); the bytes and the arithmetic are the same,
+// so results are bit-identical. The 128x128 scales stay in `scale`.
+#define DSV4_FP8_PACK_ROWS 4
+
+// Bytes dsv4_weight_pack needs for w (all experts), or 0 when w has no packed layout.
 size_t dsv4_weight_packed_bytes(const struct dsv4_weight * w);
 
 // Writes w's matrix (every expert) in the packed layout into dst (64-byte aligned, dst_size >=
 // dsv4_weight_packed_bytes(w)) and points w->packed at it. dst must outlive every use of w.
 dsv4_status dsv4_weight_pack(struct dsv4_weight * w, void * dst, size_t dst_size);
 
-// Whether this CPU has a kernel that reads packed MXFP4 (so packing is worth its memory).
-bool dsv4_cpu_reads_packed_mxfp4(void);
+// Whether this CPU has a kernel that reads packed weights of this type (so packing is worth its
+// memory): MXFP4 with AVX-512 VNNI, FP8_E4M3 with AVX512_BF16 + VBMI.
+bool dsv4_cpu_reads_packed(dsv4_type type);
 
 // The best ISA this CPU supports, and whether a given one is usable here.
 enum dsv4_isa dsv4_cpu_best_isa(void);
