@@ -8,6 +8,7 @@
 // on stdout and progress on stderr. Usage:
 //   kernels [--threads 1,2] [--rows 1,6] [--small-mb 1] [--large-mb 256] [--types f32,f16,...]
 //           [--isa auto|scalar|avx2|avx512] [--isa-compare] [--reps-large 7] [--quick] [--n-in 4096]
+//           [--moe-unpacked]
 #include "cpu/dsv4-matmul.h"
 #include "cpu/dsv4-membench.h"
 #include "cpu/dsv4-threadpool.h"
@@ -199,6 +200,7 @@ int main(int argc, char ** argv) {
     bool isa_compare = false;
     int reps_large = 7;
     int64_t n_in = 4096;
+    bool moe_packed = true;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         const char * v = i + 1 < argc ? argv[i + 1] : "";
@@ -210,6 +212,7 @@ int main(int argc, char ** argv) {
         else if (a == "--isa") { isa = parse_isa(v); i++; }
         else if (a == "--reps-large") { reps_large = std::atoi(v); i++; }
         else if (a == "--n-in") { n_in = std::atoll(v); i++; }
+        else if (a == "--moe-unpacked") { moe_packed = false; }
         else if (a == "--isa-compare") { isa_compare = true; }
         else if (a == "--quick") { large_mb = 64; reps_large = 3; }
         else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
@@ -348,6 +351,15 @@ int main(int argc, char ** argv) {
             dsv4_weight_init_experts(&ws[(size_t) s], DSV4_TYPE_MXFP4, n_expert, e_out, e_in, ebuf.p + s * stack_bytes,
                                      nullptr);
         }
+        // packed as the model loader does where this CPU has the kernel (--moe-unpacked: not)
+        buffer pbuf(moe_packed && dsv4_cpu_reads_packed(DSV4_TYPE_MXFP4) ? dsv4_weight_packed_bytes(&ws[0]) * n_stacks : 0);
+        for (int s = 0; pbuf.n && s < n_stacks; s++) {
+            const size_t pb = dsv4_weight_packed_bytes(&ws[(size_t) s]);
+            if (dsv4_weight_pack(&ws[(size_t) s], pbuf.p + (size_t) s * pb, pb) != DSV4_OK) {
+                std::fprintf(stderr, "pack failed: %s\n", dsv4_last_error());
+                return 1;
+            }
+        }
         const dsv4_weight & w = ws[0];
         xorshift g{ 4242 };
         for (int tokens : { 1, 6 }) {
@@ -399,7 +411,8 @@ int main(int argc, char ** argv) {
                 m.bytes = (double) routes.n_sel * (double) e_out * (double) row_bytes;
                 m.gbps = m.bytes / m.seconds / 1e9;
                 moe_results.push_back(m);
-                std::fprintf(stderr, "moe mxfp4 32x[1024,2048] top-6, %d token(s), thr %d: %d experts, %.1f us, %.2f GB/s\n",
+                std::fprintf(stderr, "moe mxfp4%s 32x[1024,2048] top-6, %d token(s), thr %d: %d experts, %.1f us, %.2f GB/s\n",
+                             pbuf.n ? " (packed)" : "",
                              tokens, nth, routes.n_sel, m.seconds * 1e6, m.gbps);
             }
         }

@@ -1067,6 +1067,59 @@ void test_packed_fp8() {
     }
 }
 
+
+// The ISA bf16 rounding of activation rows (where an ISA has one) equals dsv4_mm_round_bf16 bit for
+// bit: ties both ways, NaN (quieted), infinities, subnormals, the largest finite values, tails.
+void test_bf16_rounding_kernels_match_scalar() {
+    rng g(99);
+    std::vector<float> x;
+    const uint32_t special[] = { 0x00000000u, 0x80000000u, 0x3F808000u, 0x3F818000u, 0x3F80FFFFu, 0x7F7FFFFFu,
+                                 0xFF7FFFFFu, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7F800001u, 0xFF812345u,
+                                 0x00000001u, 0x807FFFFFu, 0x00008000u, 0x00018000u };
+    for (uint32_t u : special) {
+        float f;
+        std::memcpy(&f, &u, 4);
+        x.push_back(f);
+    }
+    for (int i = 0; i < 1000; i++) {
+        const uint32_t u = (uint32_t) g.next();
+        float f;
+        std::memcpy(&f, &u, 4);
+        x.push_back(f);
+    }
+    std::vector<const dsv4_mm_isa_kernels *> kernels = { &dsv4_mm_kernels_scalar };
+#if defined(__x86_64__)
+    if (dsv4_cpu_isa_supported(DSV4_ISA_AVX2)) {
+        kernels.push_back(&dsv4_mm_kernels_avx2);
+    }
+    if (dsv4_cpu_isa_supported(DSV4_ISA_AVX512)) {
+        kernels.push_back(&dsv4_mm_kernels_avx512);
+    }
+#endif
+#if defined(__aarch64__)
+    kernels.push_back(&dsv4_mm_kernels_neon);
+#endif
+    int tested = 0;
+    for (const dsv4_mm_isa_kernels * k : kernels) {
+        if (!k->round) {
+            continue;
+        }
+        tested++;
+        for (int64_t n : { (int64_t) x.size(), (int64_t) 7, (int64_t) 16, (int64_t) 33 }) {
+            std::vector<float> y((size_t) n + 1, 123.0f);
+            k->round(x.data(), n, (uint8_t *) y.data(), 0);
+            int bad = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const float want = dsv4_mm_round_bf16(x[(size_t) i]);
+                bad += std::memcmp(&want, &y[(size_t) i], 4) != 0;
+            }
+            CHECK(bad == 0 && y[(size_t) n] == 123.0f, "bf16 rounding kernel: %d of %lld values differ (or wrote past n)",
+                  bad, (long long) n);
+        }
+    }
+    std::printf("bf16 rounding kernels checked: %d\n", tested);
+}
+
 void print_summary() {
     const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
                                 DSV4_TYPE_MXFP4 };
@@ -1103,6 +1156,7 @@ int main() {
     test_fp8_and_bf16_of_the_same_values_agree_bitwise();
     test_packed_mxfp4();
     test_packed_fp8();
+    test_bf16_rounding_kernels_match_scalar();
     test_caller_scratch_is_used_and_checked();
     test_invalid_arguments_return_status();
     test_matmul_on_a_busy_pool_is_refused();

@@ -641,6 +641,13 @@ void mm_mxfp4_packed(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_
     }
     const size_t gb = dsv4_mm_mxfp4_group_bytes(w->n_in);
     const uint8_t * pf_lim = w->packed + (size_t) ((o1 + 15) / 16) * gb - 1;  // prefetch no further
+    // The head of this call's stream, which the running prefetch (k_pf_pk ahead) never covers:
+    // requested all at once instead of one demand miss after another (many calls per token
+    // stream only a few hundred KB each: an expert's rows split over the threads).
+    const uint8_t * head = w->packed + (size_t) (o0 / 16) * gb;
+    for (uintptr_t off = 0; off < k_pf_pk && head + off <= pf_lim; off += 64) {
+        _mm_prefetch((const char *) (head + off), _MM_HINT_T1);
+    }
     for (int64_t o = o0; o < o1; o += 16) {
         const uint8_t * g = w->packed + (size_t) (o / 16) * gb;
         const int64_t valid = o1 - o < 16 ? o1 - o : 16;
@@ -653,6 +660,30 @@ void mm_mxfp4_packed(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_
                 _mm512_mask_storeu_ps(dsv4_mm_y_row(rows, r0 + r) + o, m, out[r]);
             }
         }
+    }
+}
+
+// dsv4_mm_round_bf16 on 16 lanes: nearest-even by adding 0x7FFF + the kept lsb, NaN quieted.
+inline __m512i round_bf16_16(__m512i u) {
+    const __m512i magnitude = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7F800000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+    return _mm512_and_si512(r, _mm512_set1_epi32((int) 0xFFFF0000u));
+}
+
+// The activation rows of FP8 / BF16 calls rounded to bf16 values (f32), bit-identical to the
+// driver's scalar loop (one call per row on the calling thread, so it is on the critical path).
+void round_row_bf16(const float * x, int64_t n, uint8_t * dst, int32_t) {
+    float * y = (float *) dst;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        _mm512_storeu_si512((void *) (y + k), round_bf16_16(_mm512_castps_si512(_mm512_loadu_ps(x + k))));
+    }
+    if (k < n) {
+        const __mmask16 m = (__mmask16) ((1u << (n - k)) - 1);
+        _mm512_mask_storeu_epi32(y + k, m, round_bf16_16(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, x + k))));
     }
 }
 
@@ -669,6 +700,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx512 = {
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
     mm_mxfp4_packed,
+    round_row_bf16,
 };
 
 #if defined(__clang__)

@@ -353,6 +353,14 @@ void mm_bf16x(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
     const uint8_t * pf_lim = FP8 && w->packed
         ? w->packed + (size_t) ((o1 + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS) * DSV4_FP8_PACK_ROWS * (size_t) pad64(n) - 1
         : w->data + (size_t) o1 * w->row_bytes - 1;
+    // The head of this call's weight stream, which the running prefetch (k_pf ahead) never
+    // covers: requested all at once instead of one demand miss after another.
+    const uint8_t * head = FP8 && w->packed
+        ? w->packed + (size_t) (o0 / DSV4_FP8_PACK_ROWS) * DSV4_FP8_PACK_ROWS * (size_t) pad64(n)
+        : w->data + (size_t) o0 * w->row_bytes;
+    for (uintptr_t off = 0; off < k_pf && head + off <= pf_lim; off += 64) {
+        _mm_prefetch((const char *) (head + off), _MM_HINT_T1);
+    }
     if constexpr (!FP8) {
         for (int64_t i = 0; i < R; i++) {
             to_bf16(dsv4_mm_x_row(rows, i), nullptr, n, sp, xbuf + i * sp);

@@ -51,12 +51,14 @@ typedef void (*dsv4_mm_quantize)(const float * x, int64_t n, uint8_t * dst, int3
 // q8_0 / mxfp4 read the quantized activations (rows->xq); q8_0_fx / mxfp4_fx are the
 // float-activation variants (params.float_activations): they read the f32 rows like the float
 // types and decode the weights to f32.
-// mxfp4_packed (NULL where an ISA has none) reads w->packed instead of w->data.
+// mxfp4_packed (NULL where an ISA has none) reads w->packed instead of w->data. round (NULL: the
+// driver's scalar loop) rounds an activation row to bf16 values, dsv4_mm_round_bf16 per element.
 struct dsv4_mm_isa_kernels {
     dsv4_mm_kernel   f32, f16, bf16, fp8, q8_0, mxfp4;
     dsv4_mm_quantize quantize;
     dsv4_mm_kernel   q8_0_fx, mxfp4_fx;
     dsv4_mm_kernel   mxfp4_packed;
+    dsv4_mm_quantize round;
 };
 
 extern const struct dsv4_mm_isa_kernels dsv4_mm_kernels_scalar;

@@ -477,6 +477,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_neon = {
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
     nullptr,  // no packed-MXFP4 kernel
+    nullptr,  // bf16 rounding: the driver's loop
 };
 
 #endif  // __aarch64__

@@ -166,4 +166,5 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_scalar = {
     mm_float_family,  // q8_0, float activations
     mm_float_family,  // mxfp4, float activations
     nullptr,          // no packed-MXFP4 kernel (the packed layout is for AVX-512 VNNI)
+    nullptr,          // bf16 rounding: the driver's loop
 };

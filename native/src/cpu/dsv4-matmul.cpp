@@ -602,7 +602,7 @@ static dsv4_status prepare_rows(const dsv4_mm_isa_kernels * kern, const dsv4_wei
     if (!qx && !rx) {
         return DSV4_OK;
     }
-    quantize_task q = { qx ? kern->quantize : round_row, qx, qx ? quantize_bias(w->type) : 0, x, x_stride, n_x_rows,
+    quantize_task q = { qx ? kern->quantize : (kern->round ? kern->round : round_row), qx, qx ? quantize_bias(w->type) : 0, x, x_stride, n_x_rows,
                         w->n_in, *p, act_row_bytes(w->type, qx, rx, w->n_in) };
     dsv4_status st = run_quantize(pool, &q);
     if (st != DSV4_OK) {
