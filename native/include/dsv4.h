@@ -54,7 +54,7 @@ typedef struct dsv4_model_params {
     const char * draft_path;  // NULL, or a llama.cpp `dflash` sidecar (mtp-*.gguf) to take the draft
                               // from instead (with load_draft); its shapes must match the target's
     bool repack;       // true (default): copy the weights this CPU has packed-layout kernels for
-                       // (MXFP4 experts with AVX-512 VNNI, FP8 matrices with AVX512_BF16) once
+                       // (MXFP4 experts with AVX2 / AVX-512, FP8 matrices with AVX512_BF16) once
                        // into those layouts (the same bytes rearranged; memory for a second copy
                        // of them); false: compute from the mapping
 } dsv4_model_params;

@@ -553,7 +553,7 @@ dsv4_status load_sidecar(dsv4_model * m, const char * path) {
 }
 
 // Weights copied into the packed layouts this CPU's kernels read (cpu/dsv4-matmul.h): MXFP4
-// experts (AVX-512 VNNI) and FP8 matrices (AVX512_BF16), target and draft. The same bytes
+// experts (AVX2 / AVX-512 VNNI) and FP8 matrices (AVX512_BF16), target and draft. The same bytes
 // rearranged, in owned memory beside the mapping; the mapping's pages of those tensors are then
 // only read by paths without a packed kernel (the float-activation mode, row gathers).
 dsv4_status pack_weight(dsv4_model * m, dsv4_weight * w) {

@@ -841,7 +841,7 @@ void test_matmul_on_a_busy_pool_is_refused() {
 
 
 // Packed MXFP4 (dsv4_weight_pack): the layout holds exactly the file's codes and scales where
-// dsv4-matmul.h says (read back here independently), and the AVX-512 packed kernel gives the
+// dsv4-matmul.h says (read back here independently), and the AVX-512 and AVX2 packed kernels give the
 // scalar kernel's result bit for bit (so also independent of the batch) for every R, odd n_out,
 // block counts that are not multiples of 4, padded rows, experts, threads and scale bytes at the
 // edges (0, 1, 2: the subnormal scales); ISAs without a packed kernel ignore the copy.
@@ -920,11 +920,12 @@ void test_packed_mxfp4() {
                     for (int nth = 1; nth <= 3; nth += 2) {
                         const std::vector<float> un = run_matmul(tp, isa, pl.get(nth), x, x_stride, R, y_stride, "unpacked");
                         const std::vector<float> y = run_matmul(te, isa, pl.get(nth), x, x_stride, R, y_stride, "packed");
-                        const std::vector<float> & want = isa == DSV4_ISA_AVX512 ? ref : un;
+                        const bool has_packed = isa == DSV4_ISA_AVX512 || isa == DSV4_ISA_AVX2;
+                        const std::vector<float> & want = has_packed ? ref : un;
                         CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0,
                               "packed MXFP4 %s %d thr [%lld, %lld] R %lld expert %lld differs from the %s result",
                               dsv4_isa_name(isa), nth, (long long) sh.n_out, (long long) sh.n_in, (long long) R,
-                              (long long) e, isa == DSV4_ISA_AVX512 ? "scalar" : "unpacked");
+                              (long long) e, has_packed ? "scalar" : "unpacked");
                     }
                 }
             }
@@ -933,7 +934,8 @@ void test_packed_mxfp4() {
             }
         }
         // the MoE entry point reads the packed experts too: against per-expert scalar products
-        if (sh.n_expert > 1 && dsv4_cpu_isa_supported(DSV4_ISA_AVX512)) {
+        for (dsv4_isa pisa : { DSV4_ISA_AVX512, DSV4_ISA_AVX2 }) {
+        if (sh.n_expert > 1 && dsv4_cpu_isa_supported(pisa)) {
             const int64_t n_tok = 5, x_stride = sh.n_in, y_stride = sh.n_out;
             const std::vector<float> x = make_x(n_tok, sh.n_in, x_stride, g);
             std::vector<int32_t> ids((size_t) n_tok);
@@ -947,7 +949,7 @@ void test_packed_mxfp4() {
                                            xr.data(), yr.data(), &routes) == DSV4_OK, "group");
             for (int nth = 1; nth <= 3; nth++) {
                 dsv4_matmul_params p = dsv4_matmul_default_params();
-                p.isa = DSV4_ISA_AVX512;
+                p.isa = pisa;
                 p.pool = pl.get(nth);
                 std::vector<float> y((size_t) (n_tok * y_stride), 0.0f);
                 CHECK(dsv4_matmul_moe(&p, &t.w, &routes, x.data(), x_stride, n_tok, y.data(), y_stride, n_tok) == DSV4_OK,
@@ -962,9 +964,11 @@ void test_packed_mxfp4() {
                     std::vector<float> one((size_t) y_stride, 0.0f);
                     CHECK(dsv4_matmul(&sp, &we, x.data() + i * x_stride, x_stride, one.data(), y_stride, 1) == DSV4_OK, "ref");
                     CHECK(std::memcmp(one.data(), y.data() + i * y_stride, (size_t) sh.n_out * sizeof(float)) == 0,
-                          "packed moe %d thr: token %lld differs from the scalar product", nth, (long long) i);
+                          "packed moe %s %d thr: token %lld differs from the scalar product", dsv4_isa_name(pisa), nth,
+                          (long long) i);
                 }
             }
+        }
         }
         free(buf);
     }

@@ -34,7 +34,7 @@ class Model(CompletionMixin):
         """draft: a llama.cpp `dflash` sidecar (the mtp-*.gguf that `dsv4 convert --llama-cpp` writes)
         to take the DSpark draft from, e.g. for a `deepseek4` target; it replaces a draft in the file.
         repack: copy the weights this CPU has packed-layout kernels for (MXFP4 experts with AVX-512
-        VNNI, FP8 matrices with AVX512_BF16) once into those layouts: the same bytes rearranged,
+        VNNI or AVX2, FP8 matrices with AVX512_BF16) once into those layouts: the same bytes rearranged,
         costing memory for that copy. exact=True never reads them, so it is skipped there."""
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")

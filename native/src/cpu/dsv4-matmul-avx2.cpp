@@ -516,6 +516,154 @@ void quantize_row(const float * x, int64_t n, uint8_t * dst, int32_t bias) {
     }
 }
 
+// ---- packed MXFP4 (the layout of dsv4_weight_pack) ----
+//
+// The same arithmetic as the AVX-512 kernel and the scalar one, bit for bit, on 8-lane halves of a
+// 16-row group (bytes 0-31 of a chunk are rows 0-7, bytes 32-63 rows 8-15): vpmaddubsw of the
+// unsigned weights (look-up table + 12, <= 24) with 4 broadcast activation bytes gives pair sums
+// <= 24 * 127 * 2 = 6096, so two chunks' worth (4 pair sums, <= 24384) still fit int16 before
+// vpmaddwd widens them; the block sum starts from corr32. The float step is (d_w * d_x) * dot
+// added without FMA (an empty asm keeps the compiler from contracting), like the scalar kernel.
+
+constexpr int k_pk_rt = 4;  // activation rows per tile: 4 f32 + 4 int32 accumulators per half
+constexpr uintptr_t k_pf_pk = 16384;
+
+inline __m256 pk_scales8(const uint8_t * e8) {
+    __m128i b;
+    b = _mm_loadl_epi64((const __m128i *) e8);
+    const __m256i e = _mm256_cvtepu8_epi32(b);
+    const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, small));
+}
+
+// (dw * dx) * dot + acc, rounded after each operation (no FMA).
+inline __m256 pk_madd(__m256 acc, __m256 dw, float dx, __m256i dot) {
+    __m256 s = _mm256_mul_ps(dw, _mm256_set1_ps(dx));
+    __asm__("" : "+x"(s));
+    __m256 p = _mm256_mul_ps(s, _mm256_cvtepi32_ps(dot));
+    __asm__("" : "+x"(p));
+    return _mm256_add_ps(acc, p);
+}
+
+// The two 8-row halves one after the other (the group, ~17 KB at n_in 2048, is in L1 for the
+// second pass), which keeps the live registers at 4 + 4 + 4 + 3 of the 16.
+template <int RT>
+inline void tile_packed(const uint8_t * g0, int64_t n_in, const uint8_t * const * xq, __m256 * out, const uint8_t * pf_lim) {
+    const int64_t nb = n_in / 32;
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) dsv4_mm_mxfp4_values_u));
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const float * xd[RT];
+    const int32_t * xc[RT];
+    for (int r = 0; r < RT; r++) {
+        xd[r] = (const float *) (xq[r] + n_in);
+        xc[r] = dsv4_mm_xq_corr32(xq[r], n_in);
+    }
+    for (int h = 0; h < 2; h++) {  // rows 0-7, then 8-15
+        __m256 acc[RT];
+        for (int r = 0; r < RT; r++) {
+            acc[r] = _mm256_setzero_ps();
+        }
+        const uint8_t * g = g0;
+        for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+            const uint8_t * sc = g;
+            const int nj = nb - b0 < 4 ? (int) (nb - b0) : 4;
+            if (h == 0) {
+                prefetch_ahead(g, k_pf_pk, pf_lim);
+            }
+            g += 64;
+            for (int j = 0; j < nj; j++, g += 256) {
+                const int64_t b = b0 + j;
+                if (h == 0) {
+                    for (int c = 0; c < 4; c++) {
+                        prefetch_ahead(g + 64 * c, k_pf_pk, pf_lim);
+                    }
+                }
+                __m256i iacc[RT];
+                for (int r = 0; r < RT; r++) {
+                    iacc[r] = _mm256_set1_epi32(xc[r][b]);
+                }
+#pragma GCC unroll 2
+                for (int c = 0; c < 4; c += 2) {
+                    const __m256i v0 = _mm256_load_si256((const __m256i *) (g + 64 * c + 32 * h));
+                    const __m256i v1 = _mm256_load_si256((const __m256i *) (g + 64 * (c + 1) + 32 * h));
+                    const __m256i wl0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(v0, low4));
+                    const __m256i wh0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v0, 4), low4));
+                    const __m256i wl1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(v1, low4));
+                    const __m256i wh1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v1, 4), low4));
+                    for (int r = 0; r < RT; r++) {
+                        int32_t x[4];
+                        memcpy(x, xq[r] + 32 * b + 8 * c, 16);
+                        __m256i s = _mm256_maddubs_epi16(wl0, _mm256_set1_epi32(x[0]));
+                        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wh0, _mm256_set1_epi32(x[1])));
+                        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wl1, _mm256_set1_epi32(x[2])));
+                        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wh1, _mm256_set1_epi32(x[3])));
+                        iacc[r] = _mm256_add_epi32(iacc[r], _mm256_madd_epi16(s, ones16));
+                    }
+                }
+                const __m256 dw = pk_scales8(sc + 16 * j + 8 * h);
+                for (int r = 0; r < RT; r++) {
+                    acc[r] = pk_madd(acc[r], dw, xd[r][b], iacc[r]);
+                }
+            }
+        }
+        for (int r = 0; r < RT; r++) {
+            out[2 * r + h] = acc[r];
+        }
+    }
+}
+
+template <int RT>
+inline void dispatch_packed(int rt, const uint8_t * g, int64_t n_in, const uint8_t * const * xq, __m256 * out,
+                            const uint8_t * pf_lim) {
+    if constexpr (RT == 1) {
+        tile_packed<1>(g, n_in, xq, out, pf_lim);
+    } else {
+        if (rt == RT) {
+            tile_packed<RT>(g, n_in, xq, out, pf_lim);
+        } else {
+            dispatch_packed<RT - 1>(rt, g, n_in, xq, out, pf_lim);
+        }
+    }
+}
+
+// o0 is a multiple of 16 (the driver's work units are 16-row aligned, like the packed groups).
+void mm_mxfp4_packed(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, void * tmp) {
+    const uint8_t ** xs = (const uint8_t **) tmp;
+    for (int64_t i = 0; i < rows->n; i++) {
+        xs[i] = dsv4_mm_xq_row(rows, i);
+    }
+    const size_t gb = dsv4_mm_mxfp4_group_bytes(w->n_in);
+    const uint8_t * pf_lim = w->packed + (size_t) ((o1 + 15) / 16) * gb - 1;
+    const uint8_t * head = w->packed + (size_t) (o0 / 16) * gb;  // see the AVX-512 kernel
+    for (uintptr_t off = 0; off < k_pf_pk && head + off <= pf_lim; off += 64) {
+        _mm_prefetch((const char *) (head + off), _MM_HINT_T1);
+    }
+    for (int64_t o = o0; o < o1; o += 16) {
+        const uint8_t * g = w->packed + (size_t) (o / 16) * gb;
+        const int64_t valid = o1 - o < 16 ? o1 - o : 16;
+        for (int64_t r0 = 0; r0 < rows->n; r0 += k_pk_rt) {
+            const int rt = rows->n - r0 < k_pk_rt ? (int) (rows->n - r0) : k_pk_rt;
+            __m256 out[2 * k_pk_rt];
+            dispatch_packed<k_pk_rt>(rt, g, w->n_in, xs + r0, out, pf_lim);
+            for (int r = 0; r < rt; r++) {
+                float * y = dsv4_mm_y_row(rows, r0 + r) + o;
+                if (valid == 16) {
+                    _mm256_storeu_ps(y, out[2 * r]);
+                    _mm256_storeu_ps(y + 8, out[2 * r + 1]);
+                } else {
+                    alignas(32) float tmp16[16];
+                    _mm256_store_ps(tmp16, out[2 * r]);
+                    _mm256_store_ps(tmp16 + 8, out[2 * r + 1]);
+                    memcpy(y, tmp16, (size_t) valid * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx2 = {
@@ -528,7 +676,7 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_avx2 = {
     quantize_row,
     mm_float<T_Q8_0_FX>,
     mm_float<T_MXFP4_FX>,
-    nullptr,  // no packed-MXFP4 kernel
+    mm_mxfp4_packed,
     nullptr,  // bf16 rounding: the driver's loop
 };
 

@@ -165,6 +165,6 @@ extern const dsv4_mm_isa_kernels dsv4_mm_kernels_scalar = {
     quantize_row,
     mm_float_family,  // q8_0, float activations
     mm_float_family,  // mxfp4, float activations
-    nullptr,          // no packed-MXFP4 kernel (the packed layout is for AVX-512 VNNI)
+    nullptr,          // no packed-MXFP4 kernel (the packed layout is for AVX2 / AVX-512)
     nullptr,          // bf16 rounding: the driver's loop
 };

@@ -61,7 +61,7 @@ struct dsv4_weight {
     size_t        scale_expert_stride;  // FP8 with experts: floats between experts' scale tables
     const void *  packed;        // MXFP4 / FP8_E4M3: the same matrix in the interleaved layout of
                                  // dsv4_weight_pack, or NULL. Read by the kernels made for it
-                                 // (AVX-512 VNNI with 8-bit activations for MXFP4, AVX512_BF16 with
+                                 // (AVX2 / AVX-512 with 8-bit activations for MXFP4, AVX512_BF16 with
                                  // bf16 activations for FP8); every other path keeps reading data.
     size_t        packed_expert_stride;  // bytes between experts in `packed`
 };
@@ -78,7 +78,7 @@ void dsv4_weight_init(struct dsv4_weight * w, dsv4_type type, int64_t n_out, int
 void dsv4_weight_init_experts(struct dsv4_weight * w, dsv4_type type, int64_t n_expert, int64_t n_out,
                               int64_t n_in, const void * data, const float * scale);
 
-// MXFP4 packed for the AVX-512 VNNI kernel. Per expert, per group of 16 output rows (the last
+// MXFP4 packed for the AVX-512 (and AVX2) kernels. Per expert, per group of 16 output rows (the last
 // group zero-padded), per super-block of 4 column blocks of 32 (the last one may hold fewer):
 // 64 bytes of block scales (block j's 16 scale bytes, rows 0-15, at 16 j; zero where no block),
 // then per block 4 chunks of 64 bytes; byte 4i + t of chunk c holds row i's codes of block
@@ -104,7 +104,7 @@ size_t dsv4_weight_packed_bytes(const struct dsv4_weight * w);
 dsv4_status dsv4_weight_pack(struct dsv4_weight * w, void * dst, size_t dst_size);
 
 // Whether this CPU has a kernel that reads packed weights of this type (so packing is worth its
-// memory): MXFP4 with AVX-512 VNNI, FP8_E4M3 with AVX512_BF16 + VBMI.
+// memory): MXFP4 with AVX2 or AVX-512 VNNI, FP8_E4M3 with AVX512_BF16 + VBMI.
 bool dsv4_cpu_reads_packed(dsv4_type type);
 
 // The best ISA this CPU supports, and whether a given one is usable here.
