@@ -73,6 +73,12 @@ class Model(CompletionMixin):
         return bool(self._model.has_draft)
 
     @property
+    def packed_bytes(self) -> int:
+        """Bytes of weights copied into packed kernel layouts at load (0: computing from the file's
+        mapping only, e.g. with repack=False, exact=True, or a CPU without those kernels)."""
+        return int(self._model.packed_bytes)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """The GGUF key/value metadata, as read by the engine's own reader."""
         if self._metadata is None:
