@@ -656,8 +656,9 @@ void test_moe_matches_per_pair_products(bool float_activations) {
 }
 
 // A row's result does not depend on the batch it is in (speculative verification and chunked
-// prefill rely on it): every ISA, every type, default and exact mode, R = 33 rows (FP8: the
-// decoded-strip path of the AVX512_BF16 kernel) against the same rows one at a time, bit for bit.
+// prefill rely on it): every ISA, every type, default and exact mode, R = 3, 6 (FP8: the inline
+// 2 x R tiles of the AVX512_BF16 kernel) and 33 rows (its decoded-strip path) against the same rows
+// one at a time, bit for bit.
 void test_rows_are_independent_of_the_batch() {
     const dsv4_type types[] = { DSV4_TYPE_F32, DSV4_TYPE_F16, DSV4_TYPE_BF16, DSV4_TYPE_FP8_E4M3, DSV4_TYPE_Q8_0,
                                 DSV4_TYPE_MXFP4 };
@@ -666,7 +667,8 @@ void test_rows_are_independent_of_the_batch() {
     pools pl;
     rng g(777);
     for (dsv4_type type : types) {
-        const int64_t n_out = 133, n_in = is_int_family(type) ? 320 : 300, R = 33;
+      for (int64_t R : { 3, 6, 33 }) {  // FP8 on AVX512_BF16: inline 2 x R tiles up to 6 rows, the strip above
+        const int64_t n_out = 133, n_in = is_int_family(type) ? 320 : 300;
         test_weight t;
         make_weight(t, type, 1, n_out, n_in, 0, g);
         const std::vector<float> x = make_x(R, n_in, n_in, g);
@@ -682,6 +684,7 @@ void test_rows_are_independent_of_the_batch() {
                 }
             }
         }
+      }
     }
 }
 

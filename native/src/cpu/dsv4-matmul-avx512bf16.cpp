@@ -213,6 +213,64 @@ inline void tile_fp8_1(const uint8_t * const * w, int64_t cm, const uint16_t * c
     }
 }
 
+// OR FP8 rows x RT (2..6) activation rows, decoded inline (no strip): each 64-column chunk of a
+// weight row is decoded once into registers and used for every activation row, whose chunks come
+// from memory (L1) as vdpbf16ps operands. The same chunk sequence per output as every other path.
+template <int OR, int RT>
+inline void tile_fp8_n(const uint8_t * const * w, int64_t cm, const uint16_t * const * x, int64_t n, float * out,
+                       const uint8_t * pf_lim) {
+    const fp8_consts c;
+    __m512 acc[OR][RT];
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            acc[i][r] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t k = 0; k < n; k += 64) {
+        const bool second = k + 32 < n;  // exactly the chunks the bf16 tiles run
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            prefetch_ahead(w[i] + k * cm, pf_lim);
+            __m512i w0, w1;
+            load_fp8_64(w[i], k, n, cm, c, &w0, &w1);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh) w0, (__m512bh) _mm512_loadu_si512((const void *) (x[r] + k)));
+            }
+            if (second) {
+#pragma GCC unroll 8
+                for (int r = 0; r < RT; r++) {
+                    acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh) w1,
+                                                 (__m512bh) _mm512_loadu_si512((const void *) (x[r] + k + 32)));
+                }
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+template <int OR, int RT>
+inline void dispatch_fp8_n(int rt, const uint8_t * const * w, int64_t cm, const uint16_t * const * x, int64_t n,
+                           float * out, const uint8_t * pf_lim) {
+    if constexpr (RT == 2) {
+        tile_fp8_n<OR, 2>(w, cm, x, n, out, pf_lim);
+    } else {
+        if (rt == RT) {
+            tile_fp8_n<OR, RT>(w, cm, x, n, out, pf_lim);
+        } else {
+            dispatch_fp8_n<OR, RT - 1>(rt, w, cm, x, n, out, pf_lim);
+        }
+    }
+}
+
 template <int OR, int RT>
 inline void dispatch(int rt, const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
                      const uint8_t * pf_lim, bool prefetch) {
@@ -232,6 +290,7 @@ inline void dispatch(int rt, const uint8_t * const * w, const uint16_t * const *
 // 4 x 5: FP8 R = 6 48 -> 53, R = 64 65 -> 79 GMAC/s); decode (1 row) 4 weight rows, 4 independent
 // chains and streams.
 constexpr int k_or = 4;
+constexpr int k_fp8_inline_rows = 6;  // up to this many activation rows: tile_fp8_n, 2 weight rows
 static_assert(k_or <= DSV4_MM_BF16X_STRIP, "the strip in tmp holds k_or rows");
 static_assert(k_or == DSV4_FP8_PACK_ROWS, "a tile reads one packed FP8 group");
 constexpr int k_rt = 6;
@@ -309,6 +368,18 @@ void run_block(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows *
                 float * y = dsv4_mm_y_row(rows, 0);
                 for (int i = 0; i < k_or; i++) {
                     y[o + i] = out[i];
+                }
+                continue;
+            }
+            if (R <= k_fp8_inline_rows && nr == k_or) {  // verification-sized batches: no strip
+                float out[2 * k_fp8_inline_rows];
+                for (int h = 0; h < k_or; h += 2) {
+                    dispatch_fp8_n<2, k_fp8_inline_rows>((int) R, wp + h, cm, xs, n, out, pf_lim);
+                    for (int r = 0; r < R; r++) {
+                        float * y = dsv4_mm_y_row(rows, r);
+                        y[o + h] = out[r];
+                        y[o + h + 1] = out[R + r];
+                    }
                 }
                 continue;
             }
