@@ -136,13 +136,10 @@ inline void load_fp8_64(const uint8_t * row, int64_t k, int64_t n, int64_t cm, c
     decode_fp8_64(b, c, w0, w1);
 }
 
-// bf16 weight rows w[0..OR) x RT activation rows (bf16, zero-padded to a multiple of 64): per
-// 32-column chunk the RT activation chunks are loaded once into registers and every weight chunk
-// is loaded once, so the loads stay well under the vdpbf16ps count (4 x 6: 10 loads, 24 dots).
+// An OR x RT register tile of f32 accumulators: cleared, and each reduced to its output (in the
+// one lane order every path uses, so a row's result never depends on the tile it ran in).
 template <int OR, int RT>
-inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
-                     const uint8_t * pf_lim, bool prefetch) {
-    __m512 acc[OR][RT];
+inline void zero_tile(__m512 (&acc)[OR][RT]) {
 #pragma GCC unroll 8
     for (int i = 0; i < OR; i++) {
 #pragma GCC unroll 8
@@ -150,6 +147,27 @@ inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int6
             acc[i][r] = _mm512_setzero_ps();
         }
     }
+}
+
+template <int OR, int RT>
+inline void reduce_tile(const __m512 (&acc)[OR][RT], float * out) {
+#pragma GCC unroll 8
+    for (int i = 0; i < OR; i++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+// bf16 weight rows w[0..OR) x RT activation rows (bf16, zero-padded to a multiple of 64): per
+// 32-column chunk the RT activation chunks are loaded once into registers and every weight chunk
+// is loaded once, so the loads stay well under the vdpbf16ps count (4 x 6: 10 loads, 24 dots).
+template <int OR, int RT>
+inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
+                     const uint8_t * pf_lim, bool prefetch) {
+    __m512 acc[OR][RT];
+    zero_tile<OR, RT>(acc);
     for (int64_t k = 0; k < n; k += 32) {
         if (prefetch) {
 #pragma GCC unroll 8
@@ -171,13 +189,7 @@ inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int6
             }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < OR; i++) {
-#pragma GCC unroll 8
-        for (int r = 0; r < RT; r++) {
-            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
-        }
-    }
+    reduce_tile<OR, RT>(acc, out);
 }
 
 // FP8 weight rows decoded inline, one activation row (decode): the same chunk sequence per output.
@@ -221,13 +233,7 @@ inline void tile_fp8_n(const uint8_t * const * w, int64_t cm, const uint16_t * c
                        const uint8_t * pf_lim) {
     const fp8_consts c;
     __m512 acc[OR][RT];
-#pragma GCC unroll 8
-    for (int i = 0; i < OR; i++) {
-#pragma GCC unroll 8
-        for (int r = 0; r < RT; r++) {
-            acc[i][r] = _mm512_setzero_ps();
-        }
-    }
+    zero_tile<OR, RT>(acc);
     for (int64_t k = 0; k < n; k += 64) {
         const bool second = k + 32 < n;  // exactly the chunks the bf16 tiles run
 #pragma GCC unroll 8
@@ -248,13 +254,7 @@ inline void tile_fp8_n(const uint8_t * const * w, int64_t cm, const uint16_t * c
             }
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < OR; i++) {
-#pragma GCC unroll 8
-        for (int r = 0; r < RT; r++) {
-            out[i * RT + r] = _mm512_reduce_add_ps(acc[i][r]);
-        }
-    }
+    reduce_tile<OR, RT>(acc, out);
 }
 
 template <int OR, int RT>
