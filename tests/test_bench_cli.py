@@ -21,7 +21,8 @@ TINY = ["--runs", "1", "--prompt", "8", "--decode-tokens", "2", "--prefill", "16
 def test_bench_writes_every_key_with_sane_values(converted, tmp_path, capsys, llama_cpp):
     out = tmp_path / "bench.json"
     assert main(["bench", str(converted(llama_cpp=llama_cpp)), "--threads", "1", "2", "--json", str(out), *TINY]) == 0
-    assert "verify6/decode1" in capsys.readouterr().out  # the table
+    table = capsys.readouterr().out
+    assert "verify6/decode1" in table and "repacked at load" in table
     report = json.loads(out.read_text())
     assert [r["threads"] for r in report["results"]] == [1, 2]
     for r in report["results"]:
@@ -36,6 +37,10 @@ def test_bench_writes_every_key_with_sane_values(converted, tmp_path, capsys, ll
     assert 1.0 < report["verify6_bytes_over_decode1"] < 6.0
     assert 1.0 <= report["verify6_bytes_over_decode1_measured"] < 6.0
     assert report["machine"]["cpus"] >= 1 and report["settings"]["runs"] == 1
+    # the default load repacks where the CPU has packed kernels; the report says how much
+    m = _native.Model(str(converted(llama_cpp=llama_cpp)), load_draft=False)
+    assert report["packed_bytes"] == m.packed_bytes
+    m.close()
 
 
 def test_bytes_per_token_counts_k_of_e_experts_one_embedding_row_and_no_draft(converted):

@@ -210,6 +210,7 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         raise ValueError("runs, decode-tokens, prompt, prefill and verify-reps must be >= 1, and threads non-empty")
     bpt = bytes_per_token(path)
     model = _native.Model(str(path), load_draft=False)
+    packed_bytes = int(model.packed_bytes)  # weights copied into the packed kernel layouts at load
     n_tokens = max(s.prefill, s.prompt + max(s.decode_tokens, s.verify_reps) + VERIFY_ROWS)
     tokens = np.random.default_rng(s.seed).integers(0, model.n_vocab, n_tokens).astype(np.int32)
     contexts = {t: _native.Context(model, n_ctx=n_tokens + 8, n_threads=t, n_batch=s.n_batch) for t in s.threads}
@@ -263,6 +264,7 @@ def measure(path: str | os.PathLike[str], s: BenchSettings,
         "model": str(path),
         "arch": bpt["arch"],
         "weight_bytes": os.path.getsize(path),
+        "packed_bytes": packed_bytes,
         "bytes_per_token": bpt["total"],
         "bytes_per_token_parts": bpt["parts"],
         # the memory-bound floor of verify6_over_decode1 under uniform routing (random tokens)
@@ -281,7 +283,7 @@ def format_table(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
         f"model {report['model']} ({report['arch']}): {report['bytes_per_token'] / 1e6:.1f} MB of weights read per "
-        f"decoded token",
+        f"decoded token; {report.get('packed_bytes', 0) / 1e6:.1f} MB repacked at load for this CPU's kernels",
         f"medians of {s['runs']} run(s); decode after {s['prompt']} tokens, prefill {s['prefill']} tokens in "
         f"chunks of {s['n_batch']}; a 6-row step reads {report['verify6_bytes_over_decode1']:.2f}x the bytes of "
         f"1 row (uniform routing), {report['verify6_bytes_over_decode1_measured']:.2f}x with the experts it selected",
