@@ -412,7 +412,7 @@ void dsv4_bind_model(py::module_ & m) {
         .def(py::init<const std::string &, bool, const py::object &, bool>(), py::arg("path"), py::arg("load_draft") = true,
              py::arg("draft") = py::none(), py::arg("repack") = true,
              "draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the file's own.\n"
-             "repack: copy MXFP4 experts / FP8 matrices into the layouts of this CPU's packed kernels (AVX-512).")
+             "repack: copy MXFP4 experts / FP8 matrices into the layouts of this CPU's packed kernels (AVX2 / AVX-512).")
         .def_property_readonly("packed_bytes", [](const py_model & s) { return dsv4_model_packed_bytes(s.get()); })
         .def_property_readonly("n_vocab", [](const py_model & s) { return dsv4_model_n_vocab(s.get()); })
         .def_property_readonly("n_embd", [](const py_model & s) { return dsv4_model_n_embd(s.get()); })

@@ -18,6 +18,9 @@ typedef float dsv4_v8 __attribute__((vector_size(32)));
     dsv4_v8 v;           \
     memcpy(&v, (p), sizeof(v))
 
+// Lanes of one partial-sum vector, in one fixed order (dsv4_dot, dsv4_attn_scores).
+#define DSV4_HSUM8(s) (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])))
+
 DSV4_CLONES float dsv4_dot(const float * a, const float * b, int64_t n) {
     dsv4_v8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     int64_t i = 0;
@@ -41,7 +44,7 @@ DSV4_CLONES float dsv4_dot(const float * a, const float * b, int64_t n) {
         s0 += a0 * b0;
     }
     const dsv4_v8 s = (s0 + s1) + (s2 + s3);
-    float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    float r = DSV4_HSUM8(s);
     for (; i < n; i++) {
         r += a[i] * b[i];
     }
@@ -61,9 +64,6 @@ DSV4_CLONES void dsv4_axpy(float * y, float a, const float * x, int64_t n) {
         y[i] += a * x[i];
     }
 }
-
-// Lanes of one partial-sum vector, in the fixed order dsv4_dot uses.
-#define DSV4_HSUM8(s) (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])))
 
 // The n % 8 columns past the vectors, in order (head dims are multiples of 8 in practice).
 static inline float dot_tail(const float * a, const float * b, int64_t i0, int64_t n) {

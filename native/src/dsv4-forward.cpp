@@ -108,8 +108,7 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
         v.packed = nullptr;
         v.packed_expert_stride = 0;
         if (w.packed && w.type == DSV4_TYPE_FP8_E4M3 && (g * ol) % DSV4_FP8_PACK_ROWS == 0) {
-            v.packed = (const uint8_t *) w.packed + (size_t) (g * ol / DSV4_FP8_PACK_ROWS) *
-                                                        DSV4_FP8_PACK_ROWS * (size_t) ((in + 63) / 64 * 64);
+            v.packed = (const uint8_t *) w.packed + (size_t) (g * ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in);
         }
     }
     return DSV4_OK;
@@ -169,9 +168,9 @@ dsv4_status dsv4_forward_init(dsv4_forward * f, const dsv4_model * model, dsv4_t
     for (size_t il = 0; il < model->layers.size(); il++) {
         const dsv4_layer & L = model->layers[il];
         const dsv4_fwd_layer & fl = f->layers[il];
-        for (const dsv4_weight * w : {&fl.hc_attn_fn, &fl.hc_ffn_fn, &L.wq_a, &L.wq_b, &L.wkv, &L.wo_b, &L.comp_wkv,
-                                      &L.comp_wgate, &L.idx_wq_b, &L.idx_proj, &L.idx_comp_wkv, &L.idx_comp_wgate,
-                                      &L.gate_inp, &L.ffn_gate_shexp, &L.ffn_up_shexp, &L.ffn_down_shexp}) {
+        need(fl.hc_attn_fn, nb);
+        need(fl.hc_ffn_fn, nb);
+        for (const dsv4_weight * w : dsv4_layer_dense_linears(L)) {
             need(*w, nb);
         }
         for (const dsv4_weight & w : fl.wo_a) {

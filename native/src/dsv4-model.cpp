@@ -573,9 +573,11 @@ dsv4_status pack_weight(dsv4_model * m, dsv4_weight * w) {
 
 dsv4_status pack_weights(dsv4_model * m) {
     for (dsv4_layer & l : m->layers) {
-        for (dsv4_weight * w : {&l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps, &l.wq_a, &l.wq_b, &l.wkv, &l.wo_a,
-                                &l.wo_b, &l.comp_wkv, &l.comp_wgate, &l.idx_wq_b, &l.idx_proj, &l.idx_comp_wkv,
-                                &l.idx_comp_wgate, &l.gate_inp, &l.ffn_gate_shexp, &l.ffn_up_shexp, &l.ffn_down_shexp}) {
+        for (dsv4_weight * w : dsv4_layer_dense_linears(l)) {
+            dsv4_status st = pack_weight(m, w);
+            if (st != DSV4_OK) return st;
+        }
+        for (dsv4_weight * w : {&l.wo_a, &l.ffn_gate_exps, &l.ffn_up_exps, &l.ffn_down_exps}) {
             dsv4_status st = pack_weight(m, w);
             if (st != DSV4_OK) return st;
         }

@@ -18,6 +18,7 @@
 
 #include <stdlib.h>
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -130,6 +131,15 @@ struct dsv4_layer {
     dsv4_weight     ffn_up_shexp{};         // [I, d]
     dsv4_weight     ffn_down_shexp{};       // [d, I]
 };
+
+// The layer's dense linear weights (every one the forward pass multiplies by as a whole matrix;
+// not the experts, which go through the MoE entry point, nor wo_a, used by output group), for
+// the code that visits them all: packing at load, matmul scratch sizing. Absent ones have no data.
+template <typename Layer>  // dsv4_layer or const dsv4_layer: pointers of the same constness
+inline auto dsv4_layer_dense_linears(Layer & l) {
+    return std::array{&l.wq_a, &l.wq_b, &l.wkv, &l.wo_b, &l.comp_wkv, &l.comp_wgate, &l.idx_wq_b, &l.idx_proj,
+            &l.idx_comp_wkv, &l.idx_comp_wgate, &l.gate_inp, &l.ffn_gate_shexp, &l.ffn_up_shexp, &l.ffn_down_shexp};
+}
 
 struct dsv4_model {
     std::string          path;

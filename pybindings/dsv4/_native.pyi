@@ -81,9 +81,13 @@ def routed_expert_bytes(path: str, tokens: npt.ArrayLike, prompt: int, n_rows: i
 # Models and contexts (bind_model.cpp).
 class Model:
     """A dsv4 / deepseek4 GGUF mapped and validated by the native loader."""
-    def __init__(self, path: str, load_draft: bool = True, draft: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str, load_draft: bool = True, draft: str | os.PathLike[str] | None = None,
+                 repack: bool = True) -> None:
         """draft: a llama.cpp dflash sidecar (mtp-*.gguf) to take the DSpark draft from instead of the
-        file's own; FormatError when it is not a dflash file or was made for another model."""
+        file's own; FormatError when it is not a dflash file or was made for another model.
+        repack: copy MXFP4 experts / FP8 matrices into the layouts of this CPU's packed kernels."""
+    @property
+    def packed_bytes(self) -> int: ...
     @property
     def n_vocab(self) -> int: ...
     @property

@@ -641,13 +641,7 @@ void mm_mxfp4_packed(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_
     }
     const size_t gb = dsv4_mm_mxfp4_group_bytes(w->n_in);
     const uint8_t * pf_lim = w->packed + (size_t) ((o1 + 15) / 16) * gb - 1;  // prefetch no further
-    // The head of this call's stream, which the running prefetch (k_pf_pk ahead) never covers:
-    // requested all at once instead of one demand miss after another (many calls per token
-    // stream only a few hundred KB each: an expert's rows split over the threads).
-    const uint8_t * head = w->packed + (size_t) (o0 / 16) * gb;
-    for (uintptr_t off = 0; off < k_pf_pk && head + off <= pf_lim; off += 64) {
-        _mm_prefetch((const char *) (head + off), _MM_HINT_T1);
-    }
+    dsv4_mm_prefetch_head(w->packed + (size_t) (o0 / 16) * gb, k_pf_pk, pf_lim);
     for (int64_t o = o0; o < o1; o += 16) {
         const uint8_t * g = w->packed + (size_t) (o / 16) * gb;
         const int64_t valid = o1 - o < 16 ? o1 - o : 16;

@@ -400,6 +400,16 @@ bool pow2_scales(const float * s, int64_t n) {
     return true;
 }
 
+// Where weight row o starts in the stream the kernels read: the file's rows, or for packed FP8
+// the 4-row group that starts at row o (o a multiple of 4; its rows' chunks interleave).
+template <bool FP8>
+inline const uint8_t * weight_rows(const dsv4_mm_w * w, int64_t o) {
+    if (FP8 && w->packed) {
+        return w->packed + (size_t) (o / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(w->n_in);
+    }
+    return w->data + (size_t) o * w->row_bytes;
+}
+
 // Output rows [o0, o1) of one weight block (FP8: within one 128-row scale block).
 template <bool FP8>
 void run_block(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * rows, const uint16_t * const * xs,
@@ -410,12 +420,10 @@ void run_block(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows *
     // blocks and the driver's 16-row units), each row's chunks 256 bytes apart.
     const bool packed = FP8 && w->packed;
     const int64_t cm = packed ? DSV4_FP8_PACK_ROWS : 1;
-    const size_t group = (size_t) DSV4_FP8_PACK_ROWS * (size_t) pad64(n);
     for (int64_t o = o0; o < o1; o += k_or) {
         const int nr = o1 - o < k_or ? (int) (o1 - o) : k_or;
         for (int i = 0; i < nr; i++) {
-            wp[i] = packed ? w->packed + (size_t) (o / DSV4_FP8_PACK_ROWS) * group + 64 * (size_t) i
-                           : w->data + (size_t) (o + i) * w->row_bytes;
+            wp[i] = packed ? weight_rows<FP8>(w, o) + 64 * (size_t) i : weight_rows<FP8>(w, o + i);
         }
         bool prefetch = true;
         if constexpr (FP8) {
@@ -478,17 +486,9 @@ void mm_bf16x(const dsv4_mm_w * w, int64_t o0, int64_t o1, const dsv4_mm_rows * 
     for (int64_t i = 0; i < R; i++) {
         xs[i] = xbuf + i * sp;
     }
-    const uint8_t * pf_lim = FP8 && w->packed
-        ? w->packed + (size_t) ((o1 + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS) * DSV4_FP8_PACK_ROWS * (size_t) pad64(n) - 1
-        : w->data + (size_t) o1 * w->row_bytes - 1;
-    // The head of this call's weight stream, which the running prefetch (k_pf ahead) never
-    // covers: requested all at once instead of one demand miss after another.
-    const uint8_t * head = FP8 && w->packed
-        ? w->packed + (size_t) (o0 / DSV4_FP8_PACK_ROWS) * DSV4_FP8_PACK_ROWS * (size_t) pad64(n)
-        : w->data + (size_t) o0 * w->row_bytes;
-    for (uintptr_t off = 0; off < k_pf && head + off <= pf_lim; off += 64) {
-        _mm_prefetch((const char *) (head + off), _MM_HINT_T1);
-    }
+    const int64_t o1_stream = FP8 && w->packed ? (o1 + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS * DSV4_FP8_PACK_ROWS : o1;
+    const uint8_t * pf_lim = weight_rows<FP8>(w, o1_stream) - 1;
+    dsv4_mm_prefetch_head(weight_rows<FP8>(w, o0), k_pf, pf_lim);
     if constexpr (!FP8) {
         for (int64_t i = 0; i < R; i++) {
             to_bf16(dsv4_mm_x_row(rows, i), nullptr, n, sp, xbuf + i * sp);

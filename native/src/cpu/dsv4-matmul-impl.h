@@ -106,7 +106,7 @@ static inline const int32_t * dsv4_mm_xq_corr32(const uint8_t * xq, int64_t n_in
 // Fills corr32 from corr (ISA-independent; the driver runs it after each quantize).
 static inline void dsv4_mm_xq_finish(uint8_t * xq, int64_t n_in) {
     const int32_t * corr = dsv4_mm_xq_corr(xq, n_in);
-    int32_t * corr32 = (int32_t *) (xq + 2 * n_in + (n_in / 32) * 36);
+    int32_t * corr32 = (int32_t *) dsv4_mm_xq_corr32(xq, n_in);
     for (int64_t b = 0; b < n_in / 32; b++) {
         int32_t s = 0;
         for (int j = 0; j < 8; j++) {
@@ -120,6 +120,15 @@ static inline void dsv4_mm_xq_finish(uint8_t * xq, int64_t n_in) {
 static inline size_t dsv4_mm_mxfp4_group_bytes(int64_t n_in) {
     const size_t nb = (size_t) n_in / 32;
     return (nb + 3) / 4 * 64 + nb * 256;
+}
+
+// Prefetches (into L2, like the kernels' running prefetch) the first `bytes` of a call's weight
+// stream, clamped to lim: the running prefetch starts that far ahead, so without this the head of
+// every call would arrive one demand miss at a time (many calls stream only a few hundred KB).
+static inline void dsv4_mm_prefetch_head(const uint8_t * head, size_t bytes, const uint8_t * lim) {
+    for (size_t off = 0; off < bytes && head + off <= lim; off += 64) {
+        __builtin_prefetch(head + off, 0, 2);
+    }
 }
 
 static inline int64_t dsv4_mm_pad16(int64_t n) {

@@ -375,8 +375,7 @@ static size_t packed_expert_bytes(int64_t n_out, int64_t n_in) {
 }
 
 static size_t fp8_packed_expert_bytes(int64_t n_out, int64_t n_in) {
-    const size_t groups = (size_t) ((n_out + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS);
-    return groups * DSV4_FP8_PACK_ROWS * (size_t) ((n_in + 63) / 64 * 64);
+    return (size_t) ((n_out + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(n_in);
 }
 
 extern "C" size_t dsv4_weight_packed_bytes(const dsv4_weight * w) {
@@ -395,6 +394,7 @@ extern "C" size_t dsv4_weight_packed_bytes(const dsv4_weight * w) {
 // FP8: 64-byte chunks of 4 rows interleaved (dsv4-matmul.h).
 static void pack_fp8(dsv4_weight * w, uint8_t * out) {
     const size_t chunks = (size_t) ((w->n_in + 63) / 64);
+    const size_t group = dsv4_fp8_packed_group_bytes(w->n_in);
     const int64_t n_group = (w->n_out + DSV4_FP8_PACK_ROWS - 1) / DSV4_FP8_PACK_ROWS;
     const size_t per_expert = fp8_packed_expert_bytes(w->n_out, w->n_in);
     for (int64_t e = 0; e < w->n_expert; e++) {
@@ -403,7 +403,7 @@ static void pack_fp8(dsv4_weight * w, uint8_t * out) {
         for (int64_t g = 0; g < n_group; g++) {
             for (size_t c = 0; c < chunks; c++) {
                 for (int i = 0; i < DSV4_FP8_PACK_ROWS; i++) {
-                    uint8_t * d = dst + ((size_t) g * chunks + c) * 64 * DSV4_FP8_PACK_ROWS + 64 * (size_t) i;
+                    uint8_t * d = dst + (size_t) g * group + c * 64 * DSV4_FP8_PACK_ROWS + 64 * (size_t) i;
                     const int64_t o = g * DSV4_FP8_PACK_ROWS + i;
                     const int64_t k0 = (int64_t) c * 64;
                     const int64_t len = w->n_in - k0 < 64 ? w->n_in - k0 : 64;
@@ -432,29 +432,12 @@ static inline uint32_t pack_row_chunk(const uint8_t * q, int c) {
     return ((a >> 4) & 0x0F0F0F0Fu) | (b & 0xF0F0F0F0u);  // columns 16-31: the high nibbles
 }
 
-extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_size) {
-    static const char * fn = "dsv4_weight_pack";
-    dsv4_status st = check_weight(w, fn);
-    if (st != DSV4_OK) {
-        return st;
-    }
-    const size_t need = dsv4_weight_packed_bytes(w);
-    if (need == 0) {
-        return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: only MXFP4 and FP8_E4M3 weights have a packed layout, got %s",
-                              fn, type_name(w->type));
-    }
-    if (!dst || dst_size < need || ((uintptr_t) dst & 63) != 0) {
-        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: destination must be 64-byte aligned and hold %zu bytes (got %zu)",
-                              fn, need, dst ? dst_size : (size_t) 0);
-    }
-    if (w->type == DSV4_TYPE_FP8_E4M3) {
-        pack_fp8(w, (uint8_t *) dst);
-        return DSV4_OK;
-    }
+// MXFP4: 16-row groups, 4-block super-blocks of scales then chunks (dsv4-matmul.h).
+static void pack_mxfp4(dsv4_weight * w, uint8_t * out) {
     const int64_t nb = w->n_in / 32;
     const int64_t n_group = (w->n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS;
     const size_t per_expert = packed_expert_bytes(w->n_out, w->n_in);
-    uint8_t * out = (uint8_t *) dst;
+    uint8_t * const start = out;
     for (int64_t e = 0; e < w->n_expert; e++) {
         const uint8_t * src = (const uint8_t *) w->data + (size_t) e * w->expert_stride;
         for (int64_t g = 0; g < n_group; g++) {
@@ -485,8 +468,30 @@ extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_
             }
         }
     }
-    w->packed = dst;
+    w->packed = start;
     w->packed_expert_stride = per_expert;
+}
+
+extern "C" dsv4_status dsv4_weight_pack(dsv4_weight * w, void * dst, size_t dst_size) {
+    static const char * fn = "dsv4_weight_pack";
+    dsv4_status st = check_weight(w, fn);
+    if (st != DSV4_OK) {
+        return st;
+    }
+    const size_t need = dsv4_weight_packed_bytes(w);
+    if (need == 0) {
+        return dsv4_set_error(DSV4_ERR_UNSUPPORTED, "%s: only MXFP4 and FP8_E4M3 weights have a packed layout, got %s",
+                              fn, type_name(w->type));
+    }
+    if (!dst || dst_size < need || ((uintptr_t) dst & 63) != 0) {
+        return dsv4_set_error(DSV4_ERR_INVALID_ARG, "%s: destination must be 64-byte aligned and hold %zu bytes (got %zu)",
+                              fn, need, dst ? dst_size : (size_t) 0);
+    }
+    if (w->type == DSV4_TYPE_FP8_E4M3) {
+        pack_fp8(w, (uint8_t *) dst);
+    } else {
+        pack_mxfp4(w, (uint8_t *) dst);
+    }
     return DSV4_OK;
 }
 

@@ -96,6 +96,11 @@ void dsv4_weight_init_experts(struct dsv4_weight * w, dsv4_type type, int64_t n_
 // so results are bit-identical. The 128x128 scales stay in `scale`.
 #define DSV4_FP8_PACK_ROWS 4
 
+// Bytes of one packed FP8 group (4 rows, columns padded to a multiple of 64).
+static inline size_t dsv4_fp8_packed_group_bytes(int64_t n_in) {
+    return (size_t) DSV4_FP8_PACK_ROWS * (size_t) ((n_in + 63) / 64 * 64);
+}
+
 // Bytes dsv4_weight_pack needs for w (all experts), or 0 when w has no packed layout.
 size_t dsv4_weight_packed_bytes(const struct dsv4_weight * w);
 
