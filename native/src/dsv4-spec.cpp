@@ -357,7 +357,7 @@ dsv4_status generate(dsv4_context * ctx, const int32_t * prompt, int32_t n_promp
         }
         // No more drafts than tokens still wanted beyond the residual/bonus one.
         const int32_t want = std::min(gp.max_tokens - produced, (int32_t) DSV4_MAX_DRAFT + 1);
-        dsv4_spec_result r;
+        dsv4_spec_result r{};  // filled by spec_step on success (GCC cannot see that)
         if ((st = spec_step(ctx, anchor, gp, round_out, want, &r, "dsv4_generate")) != DSV4_OK) return st;
         stats.rounds++;
         stats.draft_s += r.draft_s;
