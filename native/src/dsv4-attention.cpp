@@ -224,7 +224,8 @@ void dsv4_fwd_attn_core(dsv4_forward * f, const float * q, int32_t n, const floa
     n_hb = std::max<int64_t>(1, std::min(n_hb, H));
     const int64_t hb = (H + n_hb - 1) / n_hb;
     n_hb = (H + hb - 1) / hb;
-    dsv4_parallel_for(f->pool, (int64_t) n * n_hb, 2, [&](int64_t i0, int64_t i1, int ith) {
+    // Rows of a chunk see different numbers of keys: items are handed out dynamically.
+    dsv4_parallel_for_dynamic(f->pool, (int64_t) n * n_hb, 2, [&](int64_t i0, int64_t i1, int ith) {
         float * S = f->att + (size_t) ith * f->att_stride;
         for (int64_t it = i0; it < i1; it++) {
             const int64_t i = it / n_hb;

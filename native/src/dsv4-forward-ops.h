@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <atomic>
+
 // Runs fn(i0, i1, ith) over [0, n) split into contiguous ranges, one per pool thread. Small
 // ranges (n < min_items) or a single-thread pool run on the calling thread (ith = 0).
 template <typename Fn>
@@ -33,6 +35,43 @@ void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn 
     };
     if (dsv4_threadpool_run(pool, tramp, &j) != DSV4_OK) {
         fn((int64_t) 0, n, 0);  // only on misuse (a nested run); the result is the same
+    }
+}
+
+// The same with items handed out one at a time from a shared counter: for loops whose items
+// cost very different amounts (attention rows of a prefill chunk see 1 to window + compressed
+// keys), where contiguous ranges leave one thread waiting. Each item's result is computed the
+// same way whichever thread takes it, so the output does not depend on the schedule.
+template <typename Fn>
+void dsv4_parallel_for_dynamic(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
+    if (n <= 0) {
+        return;
+    }
+    const int nth = pool ? dsv4_threadpool_n_threads(pool) : 1;
+    if (nth <= 1 || n < min_items || n < 2) {
+        fn((int64_t) 0, n, 0);
+        return;
+    }
+    struct job {
+        Fn * fn;
+        int64_t n;
+        std::atomic<int64_t> next;
+    } j;
+    j.fn = &fn;
+    j.n = n;
+    j.next.store(0, std::memory_order_relaxed);
+    auto tramp = [](void * ctx, int ith, int) {
+        job * jb = (job *) ctx;
+        for (;;) {
+            const int64_t i = jb->next.fetch_add(1, std::memory_order_relaxed);
+            if (i >= jb->n) {
+                return;
+            }
+            (*jb->fn)(i, i + 1, ith);
+        }
+    };
+    if (dsv4_threadpool_run(pool, tramp, &j) != DSV4_OK) {
+        fn((int64_t) 0, n, 0);  // only on misuse (a nested run); nothing was claimed
     }
 }
 

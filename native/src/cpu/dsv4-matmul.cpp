@@ -293,12 +293,43 @@ struct moe_task {
     size_t tmp_stride;
 };
 
+// Threads split the call's (expert, 16-row unit) sequence into contiguous ranges of equal cost,
+// a unit of an expert with n rows costing n + k_moe_unit_base (the weight stream, in rows: at one
+// row a unit is memory-bound, at many its rows' products dominate). Equal unit counts left a
+// prefill chunk's threads waiting on whichever got the busiest experts.
+constexpr int64_t k_moe_unit_base = 4;
+
+int64_t moe_unit_at_cost_total(const dsv4_moe_routes * r, int64_t upe) {
+    int64_t cum = 0;
+    for (int32_t i = 0; i < r->n_sel; i++) {
+        const int64_t rows = r->offset[i + 1] - r->offset[i];
+        cum += rows > 0 ? upe * (rows + k_moe_unit_base) : 0;
+    }
+    return cum;
+}
+
+// The first unit at or after cost `target` (units [0, u) cost at least target), or `units`.
+int64_t moe_unit_at_cost(const dsv4_moe_routes * r, int64_t upe, int64_t target) {
+    int64_t cum = 0;
+    for (int32_t i = 0; i < r->n_sel; i++) {
+        const int64_t rows = r->offset[i + 1] - r->offset[i];
+        const int64_t c = rows > 0 ? rows + k_moe_unit_base : 0;
+        if (c > 0 && cum + upe * c >= target) {
+            const int64_t j = target > cum ? (target - cum + c - 1) / c : 0;
+            return (int64_t) i * upe + j;
+        }
+        cum += upe * c;
+    }
+    return upe * r->n_sel;
+}
+
 void moe_fn(void * ctx, int ith, int nth) {
     const moe_task * t = (const moe_task *) ctx;
     const int64_t upe = (t->w->n_out + k_unit_rows - 1) / k_unit_rows;  // units per expert
     const int64_t units = upe * t->routes->n_sel;
-    int64_t u = units * ith / nth;
-    const int64_t u_end = units * (ith + 1) / nth;
+    const int64_t total = moe_unit_at_cost_total(t->routes, upe);
+    int64_t u = ith == 0 ? 0 : moe_unit_at_cost(t->routes, upe, total * ith / nth);
+    const int64_t u_end = ith == nth - 1 ? units : moe_unit_at_cost(t->routes, upe, total * (ith + 1) / nth);
     void * tmp = t->tmp + (size_t) ith * t->tmp_stride;
     while (u < u_end) {
         const int64_t i = u / upe;
