@@ -236,16 +236,7 @@ void dsv4_fwd_attn_core(dsv4_forward * f, const float * q, int32_t n, const floa
             dsv4_attn_scores(S, nk, qr + h0 * hd, hd, h1 - h0, kp, nk, hd, scale);
             // Softmax whose denominator also holds exp(sink_h): the sink takes mass, gives no value.
             for (int64_t h = h0; h < h1; h++) {
-                float * sr = S + (h - h0) * nk;
-                float mx = sinks[h];
-                for (int64_t a = 0; a < nk; a++) mx = std::max(mx, sr[a]);
-                float den = expf(sinks[h] - mx);
-                for (int64_t a = 0; a < nk; a++) {
-                    sr[a] = expf(sr[a] - mx);
-                    den += sr[a];
-                }
-                const float inv = 1.0f / den;
-                for (int64_t a = 0; a < nk; a++) sr[a] *= inv;
+                dsv4_softmax_sink(S + (h - h0) * nk, nk, sinks[h]);
             }
             dsv4_attn_values(o + (i * H + h0) * hd, hd, S, nk, h1 - h0, kp, nk, hd);
             // V = K carries the keys' rotation: de-rotate with the query position (§4.2).

@@ -171,3 +171,127 @@ DSV4_CLONES void dsv4_attn_values(float * o, int64_t o_stride, const float * S, 
         }
     }
 }
+
+// ---- exp on 8 lanes: SwiGLU and the attention softmax ----
+//
+// libm's expf is a call per element (~3 ns here): SwiGLU over the experts' hidden rows and the
+// softmax over every key were ~4% of a prefill. exp8 is e^x = 2^k * p(r) with k = round(x / ln 2),
+// r = x - k ln 2 in two steps (the Cephes split of ln 2, exact for |k| <= 129) and p the degree-7
+// Taylor polynomial (error < 6e-9 relative on |r| <= ln2 / 2, i.e. about 1 ulp after rounding).
+// Only +, -, *, compares and bit operations on fixed lanes, and this file is compiled with
+// -ffp-contract=off, so every ISA clone gives the same bits.
+
+typedef int32_t dsv4_v8i __attribute__((vector_size(32)));
+
+#define DSV4_SPLAT8(v) {(v), (v), (v), (v), (v), (v), (v), (v)}
+#define DSV4_INLINE static inline __attribute__((always_inline))
+
+// *out = e^(*in) lane by lane (pointers: a function taking or returning a 32-byte vector has no
+// fixed ABI across clones).
+DSV4_INLINE void dsv4_exp8(const dsv4_v8 * in, dsv4_v8 * out) {
+    const dsv4_v8 x = *in;
+    const dsv4_v8 zero = DSV4_SPLAT8(0.0f), inf = DSV4_SPLAT8(__builtin_inff());
+    const dsv4_v8 x_hi = DSV4_SPLAT8(88.75f), x_lo = DSV4_SPLAT8(-87.5f);  // keeps k in [-127, 129]
+    const dsv4_v8i over = x > 88.72283f;    // e^x > FLT_MAX: +inf
+    const dsv4_v8i under = x < -87.33654f;  // below FLT_MIN: 0 (no subnormal results)
+    const dsv4_v8i nan = x != x;
+    dsv4_v8 xc = x > x_hi ? x_hi : x;
+    xc = xc < x_lo ? x_lo : xc;
+    xc = nan ? zero : xc;
+    const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (nearest-even)
+    const dsv4_v8 kf = (xc * 1.44269504088896341f + magic) - magic;
+    dsv4_v8 r = xc - kf * 0.693359375f;
+    r = r - kf * -2.12194440e-4f;
+    dsv4_v8 p = r * (1.0f / 5040.0f) + (1.0f / 720.0f);
+    p = p * r + (1.0f / 120.0f);
+    p = p * r + (1.0f / 24.0f);
+    p = p * r + (1.0f / 6.0f);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    // 2^k as 2^k1 * 2^k2 (k1 = floor(k / 2)): both factors normal, so p * 2^k rounds once near
+    // FLT_MAX instead of overflowing in the exponent field
+    const dsv4_v8i k = __builtin_convertvector(kf, dsv4_v8i);
+    const dsv4_v8i k1 = k >> 1;
+    const dsv4_v8i b1 = (k1 + 127) << 23, b2 = (k - k1 + 127) << 23;
+    dsv4_v8 f1, f2;
+    memcpy(&f1, &b1, sizeof(f1));
+    memcpy(&f2, &b2, sizeof(f2));
+    dsv4_v8 y = (p * f1) * f2;
+    y = over ? inf : y;
+    y = under ? zero : y;
+    *out = nan ? x : y;
+}
+
+// One 8-lane SwiGLU step (a macro: see DSV4_LOAD8).
+#define DSV4_SWIGLU8(y, gp, up)                          \
+    DSV4_LOAD8(y##_g, gp);                               \
+    DSV4_LOAD8(y##_u, up);                               \
+    if (clamp) {                                         \
+        y##_g = y##_g > lim ? lim : y##_g;               \
+        y##_u = y##_u > lim ? lim : y##_u;               \
+        y##_u = y##_u < nlim ? nlim : y##_u;             \
+    }                                                    \
+    const dsv4_v8 y##_ng = -y##_g;                       \
+    dsv4_v8 y##_e;                                       \
+    dsv4_exp8(&y##_ng, &y##_e);                          \
+    const dsv4_v8 y = y##_g / (one + y##_e) * y##_u * w
+
+// SwiGLU of the experts (dsv4-moe.cpp): g = silu(min(g, limit)) * clamp(u, +-limit) * w (limit <= 0:
+// no clamp), every column through the same 8-lane sequence.
+DSV4_CLONES void dsv4_swiglu(float * g, const float * u, int64_t n, float limit, float w) {
+    const bool clamp = limit > 0;
+    const dsv4_v8 lim = DSV4_SPLAT8(limit), nlim = DSV4_SPLAT8(-limit), one = DSV4_SPLAT8(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        DSV4_SWIGLU8(y, g + i, u + i);
+        memcpy(g + i, &y, sizeof(y));
+    }
+    if (i < n) {  // the last n % 8 columns through the same lanes, from a padded copy
+        float gb[8] = {0}, ub[8] = {0};
+        memcpy(gb, g + i, (size_t) (n - i) * sizeof(float));
+        memcpy(ub, u + i, (size_t) (n - i) * sizeof(float));
+        DSV4_SWIGLU8(y, gb, ub);
+        memcpy(g + i, &y, (size_t) (n - i) * sizeof(float));
+    }
+}
+
+// In place: s[a] = exp(s[a] - mx) / (exp(sink - mx) + sum_b exp(s[b] - mx)), mx = max(sink, s):
+// the attention softmax whose denominator also holds the head's sink. The sum runs over 8 lane
+// partials in key order, then DSV4_HSUM8, then the sink term: one fixed order per row.
+DSV4_CLONES void dsv4_softmax_sink(float * s, int64_t n, float sink) {
+    float mx = sink;
+    for (int64_t a = 0; a < n; a++) {
+        mx = s[a] > mx ? s[a] : mx;
+    }
+    const dsv4_v8 mxv = DSV4_SPLAT8(mx);
+    dsv4_v8 acc = DSV4_SPLAT8(0.0f);
+    int64_t a = 0;
+    for (; a + 8 <= n; a += 8) {
+        DSV4_LOAD8(v, s + a);
+        const dsv4_v8 d = v - mxv;
+        dsv4_v8 e;
+        dsv4_exp8(&d, &e);
+        acc += e;
+        memcpy(s + a, &e, sizeof(e));
+    }
+    if (a < n) {  // the tail through the same lanes; exp(-inf) = 0 in the unused ones adds nothing
+        float b[8];
+        for (int j = 0; j < 8; j++) {
+            b[j] = a + j < n ? s[a + j] : -__builtin_inff();
+        }
+        DSV4_LOAD8(v, b);
+        const dsv4_v8 d = v - mxv;
+        dsv4_v8 e;
+        dsv4_exp8(&d, &e);
+        acc += e;
+        memcpy(s + a, &e, (size_t) (n - a) * sizeof(float));
+    }
+    const dsv4_v8 sv = DSV4_SPLAT8(sink - mx);
+    dsv4_v8 es;
+    dsv4_exp8(&sv, &es);
+    const float inv = 1.0f / (DSV4_HSUM8(acc) + es[0]);
+    for (int64_t j = 0; j < n; j++) {
+        s[j] *= inv;
+    }
+}

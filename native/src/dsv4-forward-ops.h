@@ -92,6 +92,13 @@ void dsv4_attn_scores(float * S, int64_t s_stride, const float * q, int64_t q_st
 void dsv4_attn_values(float * o, int64_t o_stride, const float * S, int64_t s_stride, int64_t nh,
                       const float * const * keys, int64_t nk, int64_t n);
 
+// SwiGLU in place: g = silu(min(g, limit)) * clamp(u, -limit, limit) * w (limit <= 0: no clamp).
+void dsv4_swiglu(float * g, const float * u, int64_t n, float limit, float w);
+
+// The attention softmax with a sink in place: s[a] = exp(s[a] - mx) / (exp(sink - mx) + sum_b
+// exp(s[b] - mx)), mx = max(sink, max_a s[a]).
+void dsv4_softmax_sink(float * s, int64_t n, float sink);
+
 // 1 / sqrt(mean(x^2) + eps), the mean accumulated in double.
 static inline float dsv4_rms_inv(const float * x, int64_t n, float eps) {
     double ss = 0;

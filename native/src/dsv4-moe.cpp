@@ -21,17 +21,6 @@ inline float softplus(float x) {
 }
 
 // silu(min(g, L)) * clamp(u, -L, L) * w (L = 0: no clamp), in place into g.
-void swiglu(float * g, const float * u, int64_t n, float limit, float w) {
-    for (int64_t i = 0; i < n; i++) {
-        float gv = g[i], uv = u[i];
-        if (limit > 0) {
-            gv = std::min(gv, limit);
-            uv = std::max(-limit, std::min(uv, limit));
-        }
-        g[i] = gv / (1.0f + expf(-gv)) * uv * w;
-    }
-}
-
 }  // namespace
 
 dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const int32_t * tokens, int32_t n, float * out) {
@@ -94,7 +83,7 @@ dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const i
     if ((st = dsv4_matmul_moe(&mp, &L.ffn_up_exps, &routes, xn, d, n, f->eu, I, n_pairs)) != DSV4_OK) return st;
     dsv4_parallel_for(f->pool, n_pairs, 4, [&](int64_t p0, int64_t p1, int) {
         for (int64_t p = p0; p < p1; p++) {
-            swiglu(f->eg + p * I, f->eu + p * I, I, L.swiglu_limit, f->wts[p]);
+            dsv4_swiglu(f->eg + p * I, f->eu + p * I, I, L.swiglu_limit, f->wts[p]);
         }
     });
     dsv4_moe_routes down = routes;
@@ -105,7 +94,7 @@ dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const i
     if ((st = dsv4_fwd_matmul(f, &L.ffn_gate_shexp, xn, d, f->sg, Is, n)) != DSV4_OK) return st;
     if ((st = dsv4_fwd_matmul(f, &L.ffn_up_shexp, xn, d, f->su, Is, n)) != DSV4_OK) return st;
     dsv4_parallel_for(f->pool, n, 4, [&](int64_t i0, int64_t i1, int) {
-        for (int64_t i = i0; i < i1; i++) swiglu(f->sg + i * Is, f->su + i * Is, Is, L.swiglu_limit_shexp, 1.0f);
+        for (int64_t i = i0; i < i1; i++) dsv4_swiglu(f->sg + i * Is, f->su + i * Is, Is, L.swiglu_limit_shexp, 1.0f);
     });
     if ((st = dsv4_fwd_matmul(f, &L.ffn_down_shexp, f->sg, Is, out, d, n)) != DSV4_OK) return st;
 
