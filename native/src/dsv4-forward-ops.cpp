@@ -3,6 +3,7 @@
 // order; target_clones compiles them for AVX2 and AVX-512 beside the baseline without -march.
 #include "dsv4-forward-ops.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -170,6 +171,25 @@ DSV4_CLONES void dsv4_attn_values(float * o, int64_t o_stride, const float * S, 
             oh[i] = a0;
         }
     }
+}
+
+typedef double dsv4_v4d __attribute__((vector_size(32)));
+
+DSV4_CLONES float dsv4_rms_inv(const float * x, int64_t n, float eps) {
+    dsv4_v4d s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        DSV4_LOAD8(v, x + i);
+        const dsv4_v4d a = {v[0], v[1], v[2], v[3]}, b = {v[4], v[5], v[6], v[7]};
+        s0 += a * a;  // exact: a float squared fits a double
+        s1 += b * b;
+    }
+    const dsv4_v4d s = s0 + s1;
+    double ss = (s[0] + s[2]) + (s[1] + s[3]);
+    for (; i < n; i++) {
+        ss += (double) x[i] * x[i];
+    }
+    return (float) (1.0 / sqrt(ss / (double) n + (double) eps));
 }
 
 // ---- exp on 8 lanes: SwiGLU and the attention softmax ----

@@ -1,6 +1,6 @@
 // The forward pass's vector helpers (dsv4-forward-ops.cpp) against double-precision formulas:
 // SwiGLU and the sink softmax (their 8-lane exp included: the clamp ranges, overflow to inf,
-// underflow to 0, NaN, every tail length), the attention score and value products, and the
+// underflow to 0, NaN, every tail length), the RMS scale, the attention score and value products, and the
 // dynamically scheduled parallel-for (every item exactly once, on any thread count).
 #include "dsv4-forward-ops.h"
 
@@ -106,6 +106,19 @@ void test_softmax_sink() {
     }
 }
 
+void test_rms_inv() {
+    rng r(4);
+    for (int64_t n : { 1, 3, 7, 8, 9, 16, 31, 2048, 8192 }) {
+        std::vector<float> x((size_t) n);
+        for (auto & v : x) v = r.uniform(-3, 3);
+        double ss = 0;
+        for (float v : x) ss += (double) v * v;
+        const double ref = 1.0 / std::sqrt(ss / (double) n + 1e-6);
+        const float got = dsv4_rms_inv(x.data(), n, 1e-6f);
+        CHECK(close(got, ref, 2e-7), "rms_inv n %lld: %.9g, want %.9g", (long long) n, (double) got, ref);
+    }
+}
+
 void test_attention_products() {
     rng r(3);
     for (int64_t n : { 8, 13, 64, 72 }) {
@@ -168,6 +181,7 @@ void test_parallel_for_dynamic() {
 int main() {
     test_swiglu();
     test_softmax_sink();
+    test_rms_inv();
     test_attention_products();
     test_parallel_for_dynamic();
     if (g_failures) {
