@@ -251,11 +251,21 @@ dsv4_status dsv4_fwd_attn_output(dsv4_forward * f, int32_t il, const float * o, 
     const dsv4_hparams & hp = f->model->hp;
     const int64_t G = hp.o_groups, ol = hp.o_lora_rank, Hhd = (int64_t) hp.n_head * hp.head_dim, in = Hhd / G;
     const dsv4_fwd_layer & fl = f->layers[(size_t) il];
+    // The heads of group g are contiguous in o: z[:, g] = wo_a[g] @ o[:, g]. Seen as n * G rows of
+    // width H*hd/G (row t*G + g: token t's slice for group g), that is an MoE call in which group g
+    // is an expert taking every token: one pool run for the G products instead of G.
     for (int64_t g = 0; g < G; g++) {
-        // The heads of group g are contiguous in o: z[:, g] = wo_a[g] @ o[:, g].
-        dsv4_status st = dsv4_fwd_matmul(f, &fl.wo_a[(size_t) g], o + g * in, Hhd, f->z + g * ol, G * ol, n);
-        if (st != DSV4_OK) return st;
+        f->oa_group[g] = (int32_t) g;
+        f->oa_offset[g] = (int32_t) (g * n);
+        for (int64_t t = 0; t < n; t++) {
+            f->oa_row[g * n + t] = (int32_t) (t * G + g);
+        }
     }
+    f->oa_offset[G] = (int32_t) (G * n);
+    const dsv4_moe_routes routes = { (int32_t) G, f->oa_group, f->oa_offset, f->oa_row, f->oa_row };
+    const dsv4_matmul_params mp = dsv4_fwd_matmul_params(f);
+    dsv4_status st = dsv4_matmul_moe(&mp, &fl.wo_a_groups, &routes, o, in, n * G, f->z, ol, n * G);
+    if (st != DSV4_OK) return st;
     return dsv4_fwd_matmul(f, &f->model->layers[(size_t) il].wo_b, f->z, G * ol, out, hp.n_embd, n);
 }
 

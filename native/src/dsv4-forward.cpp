@@ -89,6 +89,11 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
                 dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_F32, ol, in, buf.get() + g * ol * in, nullptr);
             }
         }
+        if (pow2) {
+            dsv4_weight_init_experts(&fl.wo_a_groups, DSV4_TYPE_BF16, G, ol, in, b16, nullptr);
+        } else {
+            dsv4_weight_init_experts(&fl.wo_a_groups, DSV4_TYPE_F32, G, ol, in, buf.get(), nullptr);
+        }
         f->owned_bytes += pow2 ? n_val * sizeof(uint16_t) : n_val * sizeof(float);
         f->owned.push_back(pow2 ? std::move(bf) : std::move(buf));
         return DSV4_OK;
@@ -111,6 +116,16 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
             v.packed = (const uint8_t *) w.packed + (size_t) (g * ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in);
         }
     }
+    // The stack: group g's rows, scales and packed rows start where view g's do, at fixed strides
+    // (FP8 here has o_lora % 128 == 0, so also a multiple of the 4-row packed groups).
+    dsv4_weight & st = fl.wo_a_groups;
+    st = fl.wo_a[0];
+    st.n_expert = G;
+    st.expert_stride = (size_t) ol * w.row_bytes;
+    st.scale_expert_stride = w.type == DSV4_TYPE_FP8_E4M3 ? (size_t) (ol / 128) * ((in + 127) / 128) : 0;
+    const bool packed_all = w.packed && w.type == DSV4_TYPE_FP8_E4M3 && ol % DSV4_FP8_PACK_ROWS == 0;
+    st.packed = packed_all ? fl.wo_a[0].packed : nullptr;
+    st.packed_expert_stride = packed_all ? (size_t) (ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in) : 0;
     return DSV4_OK;
 }
 
@@ -176,6 +191,7 @@ dsv4_status dsv4_forward_init(dsv4_forward * f, const dsv4_model * model, dsv4_t
         for (const dsv4_weight & w : fl.wo_a) {
             need(w, nb);
         }
+        mm = std::max(mm, dsv4_matmul_moe_scratch_size(&fl.wo_a_groups, nb * hp.o_groups, nb, (int) nth));
         if (L.ffn_gate_exps.data) {
             mm = std::max(mm, dsv4_matmul_moe_scratch_size(&L.ffn_gate_exps, nb, nb, (int) nth));
             mm = std::max(mm, dsv4_matmul_moe_scratch_size(&L.ffn_up_exps, nb, nb, (int) nth));
@@ -242,6 +258,9 @@ dsv4_status dsv4_forward_init(dsv4_forward * f, const dsv4_model * model, dsv4_t
     i32(&f->r_offset, E + 1);
     i32(&f->r_xrow, nb * k);
     i32(&f->r_yrow, nb * k);
+    i32(&f->oa_group, hp.o_groups);
+    i32(&f->oa_offset, hp.o_groups + 1);
+    i32(&f->oa_row, nb * hp.o_groups);
     slots.push_back({&f->mm_scratch, mm});
     f->mm_scratch_size = mm;
 

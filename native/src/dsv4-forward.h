@@ -24,6 +24,8 @@
 struct dsv4_fwd_layer {
     dsv4_weight hc_attn_fn{}, hc_ffn_fn{};  // F32 [(2+hc)*hc, hc*d] views of the mHC tables
     std::vector<dsv4_weight> wo_a;          // one [o_lora, H*hd/G] matrix per output group
+    dsv4_weight wo_a_groups{};              // the same G matrices as one stack (n_expert = G), run
+                                            // by one dsv4_matmul_moe call instead of G calls
 };
 
 // One logits request inside a chunk: chunk row -> output row of the caller's logits buffer.
@@ -67,6 +69,7 @@ struct dsv4_forward {
     float * eg = nullptr, * eu = nullptr, * ed = nullptr;  // [nb*k, I], [nb*k, I], [nb*k, d]
     float * sg = nullptr, * su = nullptr;     // [nb, I]
     int32_t * r_expert = nullptr, * r_offset = nullptr, * r_xrow = nullptr, * r_yrow = nullptr;
+    int32_t * oa_group = nullptr, * oa_offset = nullptr, * oa_row = nullptr;  // wo_a routes: G, G + 1, nb * G
     uint64_t moe_expert_bytes = 0;  // routed-expert weight bytes streamed so far (each selected
                                     // expert's gate/up/down once per call: benchmarks read it)
     void * mm_scratch = nullptr;
