@@ -9,10 +9,16 @@
 //   kernels [--threads 1,2] [--rows 1,6] [--small-mb 1] [--large-mb 256] [--types f32,f16,...]
 //           [--isa auto|scalar|avx2|avx512] [--isa-compare] [--reps-large 7] [--quick] [--n-in 4096]
 //           [--moe-unpacked]
+//   kernels --peak    the core's dot-product issue rate (AVX-512 BF16 vdpbf16ps, VNNI vpdpbusd):
+//                     the compute ceiling of the bf16 and int8 kernels, one thread, JSON on stdout
 #include "cpu/dsv4-matmul.h"
 #include "cpu/dsv4-membench.h"
 #include "cpu/dsv4-threadpool.h"
 #include "dsv4-types.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -191,6 +197,59 @@ dsv4_isa parse_isa(const char * s) {
 
 }  // namespace
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// 12 independent accumulator chains of one dot-product instruction (enough to hide its latency):
+// the instructions per second one core issues, times the multiply-adds each does.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) double peak_bf16_gmacs() {
+    __m512 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    const __m512i x = _mm512_set1_epi16(0x3f80);
+    const long n = 50000000;
+    const double t0 = now_s();
+    for (long k = 0; k < n; k++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], (__m512bh) x, (__m512bh) x);
+        __asm__ volatile("" : : "v"(x));
+    }
+    const double t = now_s() - t0;
+    float sink = 0;
+    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
+    __asm__ volatile("" : : "x"(sink));
+    return 12.0 * n * 32 / t / 1e9;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) double peak_int8_gmacs() {
+    __m512i a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
+    const __m512i u = _mm512_set1_epi8(1);
+    const long n = 50000000;
+    const double t0 = now_s();
+    for (long k = 0; k < n; k++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], u, u);
+        __asm__ volatile("" : : "v"(u));
+    }
+    const double t = now_s() - t0;
+    int sink = 0;
+    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_epi32(a[i]);
+    __asm__ volatile("" : : "r"(sink));
+    return 12.0 * n * 64 / t / 1e9;
+}
+
+int run_peak() {
+    const bool bf16 = __builtin_cpu_supports("avx512bf16"), vnni = __builtin_cpu_supports("avx512vnni");
+    const double b = bf16 ? peak_bf16_gmacs() : 0.0, v = vnni ? peak_int8_gmacs() : 0.0;
+    std::fprintf(stderr, "peak, 1 thread: vdpbf16ps %.1f GMAC/s, vpdpbusd %.1f GMAC/s (0: not on this CPU)\n", b, v);
+    std::printf("{\"peak_bf16_gmacs\": %.2f, \"peak_int8_gmacs\": %.2f}\n", b, v);
+    return 0;
+}
+#else
+int run_peak() {
+    std::fprintf(stderr, "--peak: x86-64 with AVX-512 only\n");
+    return 2;
+}
+#endif
+
 int main(int argc, char ** argv) {
     std::vector<int> threads = { 1, 2 };
     std::vector<int> row_counts = { 1, 6 };
@@ -215,6 +274,7 @@ int main(int argc, char ** argv) {
         else if (a == "--moe-unpacked") { moe_packed = false; }
         else if (a == "--isa-compare") { isa_compare = true; }
         else if (a == "--quick") { large_mb = 64; reps_large = 3; }
+        else if (a == "--peak") { return run_peak(); }
         else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
     }
     const dsv4_isa isa_used = isa == DSV4_ISA_AUTO ? dsv4_cpu_best_isa() : isa;

@@ -3,8 +3,8 @@
 
 The program measures, in one run: a plain memory-read loop (before and after the kernels),
 matmul GB/s and GFLOP/s per weight type for 1 and 2 threads, R = 1 (decode) and R = 6
-(verification), on a matrix that fits in cache and one far beyond it, and the expert-batched
-MoE path. This script adds the machine description and derived ratios (fraction of the read
+(verification), on a matrix that fits in cache and one far beyond it, the expert-batched
+MoE path, and (AVX-512 CPUs) the compute peak: bf16 / int8 dot products one core issues. This script adds the machine description and derived ratios (fraction of the read
 bandwidth, verify6 / decode1 cost) and prints a table.
 
     python bench/kernels.py                 # full run (256 MB matrices), JSON to build/bench/
@@ -102,8 +102,11 @@ def derive(res: dict) -> None:
 
 def table(res: dict) -> str:
     lines = [f"read bandwidth (GB/s, best of plain / prefetching loop): "
-             + ", ".join(f"{t} thr {v:.2f}" for t, v in res["read_gbps"].items()),
-             f"{'type':6} {'isa':6} {'size':5} {'thr':>3} {'R':>2} {'us':>10} {'GB/s':>7} {'GFLOP/s':>8} {'of bw':>6}"]
+             + ", ".join(f"{t} thr {v:.2f}" for t, v in res["read_gbps"].items())]
+    if "peak" in res:
+        lines.append(f"compute peak, 1 thread: bf16 dot {res['peak']['peak_bf16_gmacs']:.1f} GMAC/s, "
+                     f"int8 dot {res['peak']['peak_int8_gmacs']:.1f} GMAC/s")
+    lines.append(f"{'type':6} {'isa':6} {'size':5} {'thr':>3} {'R':>2} {'us':>10} {'GB/s':>7} {'GFLOP/s':>8} {'of bw':>6}")
     for r in res["matmul"]:
         lines.append(f"{r['type']:6} {r['isa']:6} {r['size']:5} {r['threads']:3d} {r['rows']:2d} "
                      f"{r['seconds'] * 1e6:10.1f} {r['gbps']:7.2f} {r['gflops']:8.2f} {r['frac_of_read_bw']:6.2f}")
@@ -140,6 +143,10 @@ def main() -> None:
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs = [json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, check=True).stdout) for _ in range(args.runs)]
     res = combine(runs)
+    # the compute ceiling next to the bandwidth one: dot-product instructions one core issues per second
+    peak = subprocess.run([str(exe), "--peak"], stdout=subprocess.PIPE, check=False)
+    if peak.returncode == 0:
+        res["peak"] = json.loads(peak.stdout)
     res["machine"] = machine()
     res["started"] = started
     res["command"] = cmd[1:]
