@@ -178,14 +178,14 @@ struct type_entry {
     const char * name;
     dsv4_type type;
     bool float_activations = false;
-    bool packed = false;  // MXFP4 in the packed layout (dsv4_weight_pack), as models load it
+    bool packed = false;  // in the packed layout (dsv4_weight_pack), as models load it
 };
 
 const type_entry k_types[] = {
     { "f32", DSV4_TYPE_F32 },       { "f16", DSV4_TYPE_F16 },   { "bf16", DSV4_TYPE_BF16 },
     { "fp8", DSV4_TYPE_FP8_E4M3 }, { "q8_0", DSV4_TYPE_Q8_0 }, { "mxfp4", DSV4_TYPE_MXFP4 },
     { "q8_0_fa", DSV4_TYPE_Q8_0, true }, { "mxfp4_fa", DSV4_TYPE_MXFP4, true },
-    { "mxfp4_pk", DSV4_TYPE_MXFP4, false, true },
+    { "mxfp4_pk", DSV4_TYPE_MXFP4, false, true }, { "fp8_pk", DSV4_TYPE_FP8_E4M3, false, true },
 };
 
 dsv4_isa parse_isa(const char * s) {

@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--isa-compare", action="store_true", help="also run the other ISAs (1 thread, large)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rows", default="1,6")
-    ap.add_argument("--types", default="f32,f16,bf16,fp8,q8_0,mxfp4")
+    ap.add_argument("--types", default="f32,f16,bf16,fp8,fp8_pk,q8_0,mxfp4,mxfp4_pk")
     ap.add_argument("--large-mb", type=float, default=None)
     ap.add_argument("--runs", type=int, default=1,
                     help="run the program this many times; each case keeps its median time over runs")

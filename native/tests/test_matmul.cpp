@@ -1012,8 +1012,9 @@ void test_packed_fp8() {
                 for (int64_t k = 0; k < npad; k++) {
                     const uint8_t got = pk[(size_t) (e * groups * 4 * npad + (o / 4) * 4 * npad + (k / 64) * 256 +
                                                      (o % 4) * 64 + k % 64)];
-                    const uint8_t want = o < sh.n_out && k < sh.n_in
-                        ? t.data[(size_t) (e * sh.n_out + o) * t.row_bytes + (size_t) k] : 0;
+                    const int64_t col = k / 64 * 64 + dsv4_fp8_packed_column((int) (k % 64));
+                    const uint8_t want = o < sh.n_out && col < sh.n_in
+                        ? t.data[(size_t) (e * sh.n_out + o) * t.row_bytes + (size_t) col] : 0;
                     bad += got != want;
                 }
             }

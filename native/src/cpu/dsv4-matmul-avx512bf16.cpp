@@ -117,6 +117,16 @@ inline void prefetch_ahead(const uint8_t * p, const uint8_t * lim) {
     _mm_prefetch((const char *) (a < (uintptr_t) lim ? a : (uintptr_t) lim), _MM_HINT_T1);
 }
 
+// The same for a packed chunk (dsv4-matmul.h: bytes in dsv4_fp8_packed_column order): the in-lane
+// interleaves give the words of columns 0..31 and 32..63 directly, the same two vectors as above.
+inline void decode_fp8_64_packed(__m512i b, const fp8_consts & c, __m512i * w0, __m512i * w1) {
+    __m512i hi = _mm512_permutex2var_epi8(c.thi0, b, c.thi1);
+    hi = _mm512_ternarylogic_epi32(hi, b, c.sign, 0xF8);
+    const __m512i lo = _mm512_permutex2var_epi8(c.tlo0, b, c.tlo1);
+    *w0 = _mm512_unpacklo_epi8(lo, hi);
+    *w1 = _mm512_unpackhi_epi8(lo, hi);
+}
+
 // One 32-column bf16 chunk of a weight row at column k (masked past n: rows are not padded).
 inline __m512i load32(const uint8_t * row, int64_t k, int64_t n) {
     const uint16_t * p = (const uint16_t *) row + k;
@@ -127,9 +137,13 @@ inline __m512i load32(const uint8_t * row, int64_t k, int64_t n) {
 
 // 64 FP8 weights of a row at column k decoded to two bf16 chunks (masked past n).
 // cm: bytes between a row's 64-column chunks per column (1: plain rows; the packed layout
-// interleaves 4 rows' chunks, so a row's chunk at column k sits at row + 4k).
+// interleaves 4 rows' chunks, so a row's chunk at column k sits at row + 4k, its bytes permuted).
 inline void load_fp8_64(const uint8_t * row, int64_t k, int64_t n, int64_t cm, const fp8_consts & c, __m512i * w0,
                         __m512i * w1) {
+    if (cm != 1) {  // packed: whole zero-padded chunks, 64-byte aligned
+        decode_fp8_64_packed(_mm512_load_si512((const void *) (row + k * cm)), c, w0, w1);
+        return;
+    }
     const int64_t left = n - k;
     const __m512i b = left >= 64 ? _mm512_loadu_si512((const void *) (row + k * cm))
                                  : _mm512_maskz_loadu_epi8((__mmask64) ((1ull << left) - 1), row + k * cm);

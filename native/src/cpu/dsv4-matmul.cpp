@@ -438,9 +438,9 @@ static void pack_fp8(dsv4_weight * w, uint8_t * out) {
                     const int64_t o = g * DSV4_FP8_PACK_ROWS + i;
                     const int64_t k0 = (int64_t) c * 64;
                     const int64_t len = w->n_in - k0 < 64 ? w->n_in - k0 : 64;
-                    memset(d, 0, 64);
-                    if (o < w->n_out) {
-                        memcpy(d, src + (size_t) o * w->row_bytes + k0, (size_t) len);
+                    for (int b = 0; b < 64; b++) {
+                        const int col = dsv4_fp8_packed_column(b);
+                        d[b] = o < w->n_out && col < len ? src[(size_t) o * w->row_bytes + (size_t) (k0 + col)] : 0;
                     }
                 }
             }

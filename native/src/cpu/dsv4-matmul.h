@@ -92,9 +92,19 @@ void dsv4_weight_init_experts(struct dsv4_weight * w, dsv4_type type, int64_t n_
 // FP8_E4M3 packed for the AVX512_BF16 kernels: per expert, per group of 4 output rows (the last
 // group zero-padded), per 64-column chunk c (the last one zero-padded): row i's 64 bytes at
 // 256 c + 64 i. The 4 rows a decode tile reads are then one contiguous stream instead of 4 (the
-// hardware prefetchers follow one stream far better); the bytes and the arithmetic are the same,
+// hardware prefetchers follow one stream far better). Within a chunk, byte 16 L + j holds column
+// dsv4_fp8_packed_column(16 L + j): 8 L + j for j < 8 and 32 + 8 L + j - 8 for j >= 8 (L < 4), the
+// order in which the in-lane byte interleaves (vpunpcklbw / vpunpckhbw) of the decoded low and
+// high bytes give the bf16 words of columns 0-31 and 32-63: two cheap shuffles where a
+// column-ordered chunk needs two cross-lane vpermt2b. The bytes and the arithmetic are the same,
 // so results are bit-identical. The 128x128 scales stay in `scale`.
 #define DSV4_FP8_PACK_ROWS 4
+
+// The column stored at byte b (0..63) of a packed FP8 chunk.
+static inline int dsv4_fp8_packed_column(int b) {
+    const int lane = b / 16, j = b % 16;
+    return j < 8 ? 8 * lane + j : 32 + 8 * lane + (j - 8);
+}
 
 // Bytes of one packed FP8 group (4 rows, columns padded to a multiple of 64).
 static inline size_t dsv4_fp8_packed_group_bytes(int64_t n_in) {
