@@ -8,60 +8,43 @@
 #include <stdint.h>
 
 #include <atomic>
+#include <type_traits>
 
-// Runs fn(i0, i1, ith) over [0, n) split into contiguous ranges, one per pool thread. Small
-// ranges (n < min_items) or a single-thread pool run on the calling thread (ith = 0).
+// Runs fn(i0, i1, ith) over [0, n) on the pool's threads; a single-thread pool or n < min_items
+// (or n < 2) runs it on the calling thread (ith = 0). Static: one contiguous range per thread.
+// Dynamic: items handed out one at a time from a shared counter, for loops whose items cost very
+// different amounts (attention rows of a prefill chunk see 1 to window + compressed keys), where
+// contiguous ranges leave one thread waiting. Each item's result is computed the same way
+// whichever thread takes it, so the output never depends on the schedule.
 template <typename Fn>
-void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
+void dsv4_parallel_run(dsv4_threadpool * pool, int64_t n, int64_t min_items, bool dynamic, Fn && fn) {
     if (n <= 0) {
         return;
     }
-    const int nth = pool ? dsv4_threadpool_n_threads(pool) : 1;
-    if (nth <= 1 || n < min_items || n < 2) {
+    if (!pool || dsv4_threadpool_n_threads(pool) <= 1 || n < min_items || n < 2) {
         fn((int64_t) 0, n, 0);
         return;
     }
     struct job {
-        Fn * fn;
+        std::remove_reference_t<Fn> * fn;
         int64_t n;
-    } j{&fn, n};
-    auto tramp = [](void * ctx, int ith, int nth_) {
-        job * jb = (job *) ctx;
-        const int64_t i0 = jb->n * ith / nth_;
-        const int64_t i1 = jb->n * (ith + 1) / nth_;
-        if (i0 < i1) {
-            (*jb->fn)(i0, i1, ith);
-        }
-    };
-    if (dsv4_threadpool_run(pool, tramp, &j) != DSV4_OK) {
-        fn((int64_t) 0, n, 0);  // only on misuse (a nested run); the result is the same
-    }
-}
-
-// The same with items handed out one at a time from a shared counter: for loops whose items
-// cost very different amounts (attention rows of a prefill chunk see 1 to window + compressed
-// keys), where contiguous ranges leave one thread waiting. Each item's result is computed the
-// same way whichever thread takes it, so the output does not depend on the schedule.
-template <typename Fn>
-void dsv4_parallel_for_dynamic(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
-    if (n <= 0) {
-        return;
-    }
-    const int nth = pool ? dsv4_threadpool_n_threads(pool) : 1;
-    if (nth <= 1 || n < min_items || n < 2) {
-        fn((int64_t) 0, n, 0);
-        return;
-    }
-    struct job {
-        Fn * fn;
-        int64_t n;
+        bool dynamic;
         std::atomic<int64_t> next;
     } j;
     j.fn = &fn;
     j.n = n;
+    j.dynamic = dynamic;
     j.next.store(0, std::memory_order_relaxed);
-    auto tramp = [](void * ctx, int ith, int) {
+    auto tramp = [](void * ctx, int ith, int nth) {
         job * jb = (job *) ctx;
+        if (!jb->dynamic) {
+            const int64_t i0 = jb->n * ith / nth;
+            const int64_t i1 = jb->n * (ith + 1) / nth;
+            if (i0 < i1) {
+                (*jb->fn)(i0, i1, ith);
+            }
+            return;
+        }
         for (;;) {
             const int64_t i = jb->next.fetch_add(1, std::memory_order_relaxed);
             if (i >= jb->n) {
@@ -71,8 +54,18 @@ void dsv4_parallel_for_dynamic(dsv4_threadpool * pool, int64_t n, int64_t min_it
         }
     };
     if (dsv4_threadpool_run(pool, tramp, &j) != DSV4_OK) {
-        fn((int64_t) 0, n, 0);  // only on misuse (a nested run); nothing was claimed
+        fn((int64_t) 0, n, 0);  // only on misuse (a nested run): nothing ran, the result is the same
     }
+}
+
+template <typename Fn>
+void dsv4_parallel_for(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
+    dsv4_parallel_run(pool, n, min_items, false, fn);
+}
+
+template <typename Fn>
+void dsv4_parallel_for_dynamic(dsv4_threadpool * pool, int64_t n, int64_t min_items, Fn && fn) {
+    dsv4_parallel_run(pool, n, min_items, true, fn);
 }
 
 // Dot product and y += a * x (dsv4-forward-ops.cpp): 32 independent partial sums in a fixed
