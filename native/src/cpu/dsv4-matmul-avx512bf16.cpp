@@ -234,13 +234,15 @@ inline void reduce_tile(const __m512 (&acc)[OR][RT], float * out) {
 // bf16 weight rows w[0..OR) x RT activation rows (bf16, zero-padded to a multiple of 64): per
 // 32-column chunk the RT activation chunks are loaded once into registers and every weight chunk
 // is loaded once, so the loads stay well under the vdpbf16ps count (4 x 6: 10 loads, 24 dots).
-template <int OR, int RT>
-inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
-                     const uint8_t * pf_lim, bool prefetch) {
-    __m512 acc[OR][RT];
-    zero_tile<OR, RT>(acc);
-    for (int64_t k = 0; k < n; k += 32) {
-        if (prefetch) {
+template <int OR, int RT, bool PF>
+inline void tile_w16_steps(__m512 (&acc)[OR][RT], const uint8_t * const * w, const uint16_t * const * x, int64_t n,
+                           const uint8_t * pf_lim) {
+    // whole 32-column chunks: plain loads and no branch in the loop, so the 24 accumulators, 6
+    // activation chunks and the weight chunk stay in registers (a masked tail inside the loop made
+    // GCC spill activation chunks to the stack on every step)
+    const int64_t n32 = n & ~(int64_t) 31;
+    for (int64_t k = 0; k < n32; k += 32) {
+        if constexpr (PF) {
 #pragma GCC unroll 8
             for (int i = 0; i < OR; i++) {
                 prefetch_ahead(w[i] + 2 * k, pf_lim);
@@ -253,12 +255,38 @@ inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int6
         }
 #pragma GCC unroll 8
         for (int i = 0; i < OR; i++) {
-            const __m512i wv = load32(w[i], k, n);
+            const __m512i wv = _mm512_loadu_si512((const void *) ((const uint16_t *) w[i] + k));
 #pragma GCC unroll 8
             for (int r = 0; r < RT; r++) {
                 acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh) wv, (__m512bh) xv[r]);
             }
         }
+    }
+    if (n32 < n) {  // the masked last chunk: the same step
+#pragma GCC unroll 8
+        for (int i = 0; i < OR; i++) {
+            const __m512i wv = load32(w[i], n32, n);
+#pragma GCC unroll 8
+            for (int r = 0; r < RT; r++) {
+                acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh) wv,
+                                             (__m512bh) _mm512_loadu_si512((const void *) (x[r] + n32)));
+            }
+        }
+    }
+}
+
+// bf16 weight rows w[0..OR) x RT activation rows (bf16, zero-padded to a multiple of 64): per
+// 32-column chunk the RT activation chunks are loaded once into registers and every weight chunk
+// is loaded once, so the loads stay well under the vdpbf16ps count (4 x 6: 10 loads, 24 dots).
+template <int OR, int RT>
+inline void tile_w16(const uint8_t * const * w, const uint16_t * const * x, int64_t n, float * out,
+                     const uint8_t * pf_lim, bool prefetch) {
+    __m512 acc[OR][RT];
+    zero_tile<OR, RT>(acc);
+    if (prefetch) {
+        tile_w16_steps<OR, RT, true>(acc, w, x, n, pf_lim);
+    } else {
+        tile_w16_steps<OR, RT, false>(acc, w, x, n, pf_lim);
     }
     reduce_tile<OR, RT>(acc, out);
 }
