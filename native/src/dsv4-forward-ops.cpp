@@ -133,6 +133,40 @@ DSV4_CLONES void dsv4_attn_values(float * o, int64_t o_stride, const float * S, 
         const float * sh = S + h * s_stride;
         float * oh = o + h * o_stride;
         int64_t i = 0;
+        // 64 outputs per pass: 8 independent add chains keep both add pipes busy (4 chains were
+        // bound by the add latency); each output still sums its keys in order
+        for (; i + 64 <= n; i += 64) {
+            dsv4_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+            for (int64_t a = 0; a < nk; a++) {
+                const float w = sh[a];
+                const dsv4_v8 wv = {w, w, w, w, w, w, w, w};
+                const float * k = keys[a] + i;
+                DSV4_LOAD8(k0, k);
+                DSV4_LOAD8(k1, k + 8);
+                DSV4_LOAD8(k2, k + 16);
+                DSV4_LOAD8(k3, k + 24);
+                DSV4_LOAD8(k4, k + 32);
+                DSV4_LOAD8(k5, k + 40);
+                DSV4_LOAD8(k6, k + 48);
+                DSV4_LOAD8(k7, k + 56);
+                a0 += wv * k0;
+                a1 += wv * k1;
+                a2 += wv * k2;
+                a3 += wv * k3;
+                a4 += wv * k4;
+                a5 += wv * k5;
+                a6 += wv * k6;
+                a7 += wv * k7;
+            }
+            memcpy(oh + i, &a0, sizeof(a0));
+            memcpy(oh + i + 8, &a1, sizeof(a1));
+            memcpy(oh + i + 16, &a2, sizeof(a2));
+            memcpy(oh + i + 24, &a3, sizeof(a3));
+            memcpy(oh + i + 32, &a4, sizeof(a4));
+            memcpy(oh + i + 40, &a5, sizeof(a5));
+            memcpy(oh + i + 48, &a6, sizeof(a6));
+            memcpy(oh + i + 56, &a7, sizeof(a7));
+        }
         for (; i + 32 <= n; i += 32) {
             dsv4_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
             for (int64_t a = 0; a < nk; a++) {
