@@ -167,26 +167,6 @@ DSV4_CLONES void dsv4_attn_values(float * o, int64_t o_stride, const float * S, 
             memcpy(oh + i + 48, &a6, sizeof(a6));
             memcpy(oh + i + 56, &a7, sizeof(a7));
         }
-        for (; i + 32 <= n; i += 32) {
-            dsv4_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (int64_t a = 0; a < nk; a++) {
-                const float w = sh[a];
-                const dsv4_v8 wv = {w, w, w, w, w, w, w, w};
-                const float * k = keys[a] + i;
-                DSV4_LOAD8(k0, k);
-                DSV4_LOAD8(k1, k + 8);
-                DSV4_LOAD8(k2, k + 16);
-                DSV4_LOAD8(k3, k + 24);
-                a0 += wv * k0;
-                a1 += wv * k1;
-                a2 += wv * k2;
-                a3 += wv * k3;
-            }
-            memcpy(oh + i, &a0, sizeof(a0));
-            memcpy(oh + i + 8, &a1, sizeof(a1));
-            memcpy(oh + i + 16, &a2, sizeof(a2));
-            memcpy(oh + i + 24, &a3, sizeof(a3));
-        }
         for (; i + 8 <= n; i += 8) {
             dsv4_v8 a0 = {0};
             for (int64_t a = 0; a < nk; a++) {
