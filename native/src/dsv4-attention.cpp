@@ -264,7 +264,7 @@ dsv4_status dsv4_fwd_attn_output(dsv4_forward * f, int32_t il, const float * o, 
     f->oa_offset[G] = (int32_t) (G * n);
     const dsv4_moe_routes routes = { (int32_t) G, f->oa_group, f->oa_offset, f->oa_row, f->oa_row };
     const dsv4_matmul_params mp = dsv4_fwd_matmul_params(f);
-    dsv4_status st = dsv4_matmul_moe(&mp, &fl.wo_a_groups, &routes, o, in, n * G, f->z, ol, n * G);
+    dsv4_status st = dsv4_matmul_moe(&mp, &fl.wo_a, &routes, o, in, n * G, f->z, ol, n * G);
     if (st != DSV4_OK) return st;
     return dsv4_fwd_matmul(f, &f->model->layers[(size_t) il].wo_b, f->z, G * ol, out, hp.n_embd, n);
 }

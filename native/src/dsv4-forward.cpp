@@ -50,14 +50,15 @@ std::vector<double> rope_theta(const dsv4_hparams & hp, bool yarn) {
     return theta;
 }
 
-// Output group views of wo_a ([G*o_lora, H*hd/G], group g = rows [g*o_lora, (g+1)*o_lora)). An
-// FP8 matrix whose groups do not start on a 128-row scale tile is dequantized to F32 once.
+// wo_a ([G*o_lora, H*hd/G], group g = rows [g*o_lora, (g+1)*o_lora)) as a stack of G matrices
+// (n_expert = G), which dsv4_fwd_attn_output runs as one dsv4_matmul_moe call. An FP8 matrix whose
+// groups do not start on a 128-row scale tile is dequantized to a copy once.
 dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & fl) {
     const dsv4_hparams & hp = f->model->hp;
     const int64_t G = hp.o_groups, ol = hp.o_lora_rank, in = (int64_t) hp.n_head * hp.head_dim / G;
     const dsv4_weight & w = L.wo_a;
-    fl.wo_a.assign((size_t) G, dsv4_weight());
-    if (w.type == DSV4_TYPE_FP8_E4M3 && ol % 128 != 0) {
+    const bool fp8 = w.type == DSV4_TYPE_FP8_E4M3;
+    if (fp8 && ol % 128 != 0) {
         // Groups split the 128-row scale blocks: decode to a plain copy. With power-of-two scales
         // (UE8M0, every real checkpoint) BF16 holds every value exactly, so the copy runs the same
         // arithmetic as the llama.cpp BF16 layout in both activation modes; otherwise F32.
@@ -82,50 +83,25 @@ dsv4_status bind_wo_a(dsv4_forward * f, const dsv4_layer & L, dsv4_fwd_layer & f
                 b16[o * in + k] = dsv4_f32_to_bf16(row[k]);
             }
         }
-        for (int64_t g = 0; g < G; g++) {
-            if (pow2) {
-                dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_BF16, ol, in, b16 + g * ol * in, nullptr);
-            } else {
-                dsv4_weight_init(&fl.wo_a[(size_t) g], DSV4_TYPE_F32, ol, in, buf.get() + g * ol * in, nullptr);
-            }
-        }
         if (pow2) {
-            dsv4_weight_init_experts(&fl.wo_a_groups, DSV4_TYPE_BF16, G, ol, in, b16, nullptr);
+            dsv4_weight_init_experts(&fl.wo_a, DSV4_TYPE_BF16, G, ol, in, b16, nullptr);
         } else {
-            dsv4_weight_init_experts(&fl.wo_a_groups, DSV4_TYPE_F32, G, ol, in, buf.get(), nullptr);
+            dsv4_weight_init_experts(&fl.wo_a, DSV4_TYPE_F32, G, ol, in, buf.get(), nullptr);
         }
         f->owned_bytes += pow2 ? n_val * sizeof(uint16_t) : n_val * sizeof(float);
         f->owned.push_back(pow2 ? std::move(bf) : std::move(buf));
         return DSV4_OK;
     }
-    for (int64_t g = 0; g < G; g++) {
-        dsv4_weight & v = fl.wo_a[(size_t) g];
-        v = w;
-        v.n_out = ol;
-        v.data = (const uint8_t *) w.data + (size_t) (g * ol) * w.row_bytes;
-        if (w.type == DSV4_TYPE_FP8_E4M3) {
-            v.scale = w.scale + (g * ol / 128) * ((in + 127) / 128);
-        }
-        v.n_expert = 1;
-        v.expert_stride = (size_t) ol * w.row_bytes;
-        v.scale_expert_stride = 0;
-        // the packed copy (FP8: groups of 4 rows), where the group starts at a group boundary
-        v.packed = nullptr;
-        v.packed_expert_stride = 0;
-        if (w.packed && w.type == DSV4_TYPE_FP8_E4M3 && (g * ol) % DSV4_FP8_PACK_ROWS == 0) {
-            v.packed = (const uint8_t *) w.packed + (size_t) (g * ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in);
-        }
-    }
-    // The stack: group g's rows, scales and packed rows start where view g's do, at fixed strides
-    // (FP8 here has o_lora % 128 == 0, so also a multiple of the 4-row packed groups).
-    dsv4_weight & st = fl.wo_a_groups;
-    st = fl.wo_a[0];
-    st.n_expert = G;
-    st.expert_stride = (size_t) ol * w.row_bytes;
-    st.scale_expert_stride = w.type == DSV4_TYPE_FP8_E4M3 ? (size_t) (ol / 128) * ((in + 127) / 128) : 0;
-    const bool packed_all = w.packed && w.type == DSV4_TYPE_FP8_E4M3 && ol % DSV4_FP8_PACK_ROWS == 0;
-    st.packed = packed_all ? fl.wo_a[0].packed : nullptr;
-    st.packed_expert_stride = packed_all ? (size_t) (ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in) : 0;
+    // The file's matrix itself: group g's rows, scale rows (FP8: o_lora is a multiple of 128) and
+    // packed rows (FP8: 4-row groups) start at fixed strides.
+    fl.wo_a = w;
+    fl.wo_a.n_out = ol;
+    fl.wo_a.n_expert = G;
+    fl.wo_a.expert_stride = (size_t) ol * w.row_bytes;
+    fl.wo_a.scale_expert_stride = fp8 ? (size_t) (ol / 128) * ((in + 127) / 128) : 0;
+    const bool packed = fp8 && w.packed;  // another type's packing has 16-row groups: not sliced here
+    fl.wo_a.packed = packed ? w.packed : nullptr;
+    fl.wo_a.packed_expert_stride = packed ? (size_t) (ol / DSV4_FP8_PACK_ROWS) * dsv4_fp8_packed_group_bytes(in) : 0;
     return DSV4_OK;
 }
 
@@ -188,10 +164,7 @@ dsv4_status dsv4_forward_init(dsv4_forward * f, const dsv4_model * model, dsv4_t
         for (const dsv4_weight * w : dsv4_layer_dense_linears(L)) {
             need(*w, nb);
         }
-        for (const dsv4_weight & w : fl.wo_a) {
-            need(w, nb);
-        }
-        mm = std::max(mm, dsv4_matmul_moe_scratch_size(&fl.wo_a_groups, nb * hp.o_groups, nb, (int) nth));
+        mm = std::max(mm, dsv4_matmul_moe_scratch_size(&fl.wo_a, nb * hp.o_groups, nb, (int) nth));
         if (L.ffn_gate_exps.data) {
             mm = std::max(mm, dsv4_matmul_moe_scratch_size(&L.ffn_gate_exps, nb, nb, (int) nth));
             mm = std::max(mm, dsv4_matmul_moe_scratch_size(&L.ffn_up_exps, nb, nb, (int) nth));

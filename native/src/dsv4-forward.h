@@ -23,9 +23,8 @@
 // Per block: views the matmul needs that the model does not hold directly.
 struct dsv4_fwd_layer {
     dsv4_weight hc_attn_fn{}, hc_ffn_fn{};  // F32 [(2+hc)*hc, hc*d] views of the mHC tables
-    std::vector<dsv4_weight> wo_a;          // one [o_lora, H*hd/G] matrix per output group
-    dsv4_weight wo_a_groups{};              // the same G matrices as one stack (n_expert = G), run
-                                            // by one dsv4_matmul_moe call instead of G calls
+    dsv4_weight wo_a{};                     // G [o_lora, H*hd/G] output-group matrices as one
+                                            // stack (n_expert = G), run by one dsv4_matmul_moe call
 };
 
 // One logits request inside a chunk: chunk row -> output row of the caller's logits buffer.
