@@ -170,6 +170,6 @@ struct dsv4_model {
     uint64_t weight_bytes = 0;
     std::vector<std::unique_ptr<float[]>> f32_storage;  // the converted small tensors
     struct free_deleter { void operator()(uint8_t * p) const { free(p); } };
-    std::vector<std::unique_ptr<uint8_t, free_deleter>> packed_storage;  // packed MXFP4 experts
+    std::vector<std::unique_ptr<uint8_t, free_deleter>> packed_storage;  // repacked MXFP4 / FP8 weights
     uint64_t packed_bytes = 0;            // their total size
 };

@@ -20,7 +20,6 @@ inline float softplus(float x) {
     return x > 20.0f ? x : log1pf(expf(x));
 }
 
-// silu(min(g, L)) * clamp(u, -L, L) * w (L = 0: no clamp), in place into g.
 }  // namespace
 
 dsv4_status dsv4_fwd_moe(dsv4_forward * f, int32_t il, const float * xn, const int32_t * tokens, int32_t n, float * out) {

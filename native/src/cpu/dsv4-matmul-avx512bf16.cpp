@@ -145,8 +145,8 @@ inline void load_fp8_64(const uint8_t * row, int64_t k, int64_t n, int64_t cm, c
         return;
     }
     const int64_t left = n - k;
-    const __m512i b = left >= 64 ? _mm512_loadu_si512((const void *) (row + k * cm))
-                                 : _mm512_maskz_loadu_epi8((__mmask64) ((1ull << left) - 1), row + k * cm);
+    const __m512i b = left >= 64 ? _mm512_loadu_si512((const void *) (row + k))
+                                 : _mm512_maskz_loadu_epi8((__mmask64) ((1ull << left) - 1), row + k);
     decode_fp8_64(b, c, w0, w1);
 }
 
@@ -231,9 +231,7 @@ inline void reduce_tile(const __m512 (&acc)[OR][RT], float * out) {
     }
 }
 
-// bf16 weight rows w[0..OR) x RT activation rows (bf16, zero-padded to a multiple of 64): per
-// 32-column chunk the RT activation chunks are loaded once into registers and every weight chunk
-// is loaded once, so the loads stay well under the vdpbf16ps count (4 x 6: 10 loads, 24 dots).
+// The steps of tile_w16 into acc (PF: prefetch each weight row's stream ahead).
 template <int OR, int RT, bool PF>
 inline void tile_w16_steps(__m512 (&acc)[OR][RT], const uint8_t * const * w, const uint16_t * const * x, int64_t n,
                            const uint8_t * pf_lim) {

@@ -22,7 +22,7 @@ struct dsv4_mm_w {
     size_t          row_bytes;
     const float *   scale;       // FP8: [ceil(n_out / 128)][scale_cols]
     int64_t         scale_cols;  // ceil(n_in / 128)
-    const uint8_t * packed;      // MXFP4: this expert in the 16-row packed layout, or NULL
+    const uint8_t * packed;      // this expert in the packed layout of its type (dsv4_weight_pack), or NULL
 };
 
 // A set of activation rows and where their outputs go. Row i reads x (or xq) row

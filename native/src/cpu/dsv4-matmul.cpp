@@ -299,11 +299,16 @@ struct moe_task {
 // prefill chunk's threads waiting on whichever got the busiest experts.
 constexpr int64_t k_moe_unit_base = 4;
 
-int64_t moe_unit_at_cost_total(const dsv4_moe_routes * r, int64_t upe) {
+// The cost of one unit of selected expert i (0 when it has no rows: its units are skipped).
+int64_t moe_unit_cost(const dsv4_moe_routes * r, int32_t i) {
+    const int64_t rows = r->offset[i + 1] - r->offset[i];
+    return rows > 0 ? rows + k_moe_unit_base : 0;
+}
+
+int64_t moe_total_cost(const dsv4_moe_routes * r, int64_t upe) {
     int64_t cum = 0;
     for (int32_t i = 0; i < r->n_sel; i++) {
-        const int64_t rows = r->offset[i + 1] - r->offset[i];
-        cum += rows > 0 ? upe * (rows + k_moe_unit_base) : 0;
+        cum += upe * moe_unit_cost(r, i);
     }
     return cum;
 }
@@ -312,8 +317,7 @@ int64_t moe_unit_at_cost_total(const dsv4_moe_routes * r, int64_t upe) {
 int64_t moe_unit_at_cost(const dsv4_moe_routes * r, int64_t upe, int64_t target) {
     int64_t cum = 0;
     for (int32_t i = 0; i < r->n_sel; i++) {
-        const int64_t rows = r->offset[i + 1] - r->offset[i];
-        const int64_t c = rows > 0 ? rows + k_moe_unit_base : 0;
+        const int64_t c = moe_unit_cost(r, i);
         if (c > 0 && cum + upe * c >= target) {
             const int64_t j = target > cum ? (target - cum + c - 1) / c : 0;
             return (int64_t) i * upe + j;
@@ -327,7 +331,7 @@ void moe_fn(void * ctx, int ith, int nth) {
     const moe_task * t = (const moe_task *) ctx;
     const int64_t upe = (t->w->n_out + k_unit_rows - 1) / k_unit_rows;  // units per expert
     const int64_t units = upe * t->routes->n_sel;
-    const int64_t total = moe_unit_at_cost_total(t->routes, upe);
+    const int64_t total = moe_total_cost(t->routes, upe);
     int64_t u = ith == 0 ? 0 : moe_unit_at_cost(t->routes, upe, total * ith / nth);
     const int64_t u_end = ith == nth - 1 ? units : moe_unit_at_cost(t->routes, upe, total * (ith + 1) / nth);
     void * tmp = t->tmp + (size_t) ith * t->tmp_stride;
@@ -401,7 +405,7 @@ extern "C" void dsv4_weight_init_experts(dsv4_weight * w, dsv4_type type, int64_
     w->packed_expert_stride = 0;
 }
 
-static size_t packed_expert_bytes(int64_t n_out, int64_t n_in) {
+static size_t mxfp4_packed_expert_bytes(int64_t n_out, int64_t n_in) {
     return (size_t) ((n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS) * dsv4_mm_mxfp4_group_bytes(n_in);
 }
 
@@ -419,7 +423,7 @@ extern "C" size_t dsv4_weight_packed_bytes(const dsv4_weight * w) {
     if (w->type != DSV4_TYPE_MXFP4 || w->n_in % 32 != 0) {
         return 0;
     }
-    return packed_expert_bytes(w->n_out, w->n_in) * (size_t) w->n_expert;
+    return mxfp4_packed_expert_bytes(w->n_out, w->n_in) * (size_t) w->n_expert;
 }
 
 // FP8: 64-byte chunks of 4 rows interleaved (dsv4-matmul.h).
@@ -467,7 +471,7 @@ static inline uint32_t pack_row_chunk(const uint8_t * q, int c) {
 static void pack_mxfp4(dsv4_weight * w, uint8_t * out) {
     const int64_t nb = w->n_in / 32;
     const int64_t n_group = (w->n_out + DSV4_MXFP4_PACK_ROWS - 1) / DSV4_MXFP4_PACK_ROWS;
-    const size_t per_expert = packed_expert_bytes(w->n_out, w->n_in);
+    const size_t per_expert = mxfp4_packed_expert_bytes(w->n_out, w->n_in);
     uint8_t * const start = out;
     for (int64_t e = 0; e < w->n_expert; e++) {
         const uint8_t * src = (const uint8_t *) w->data + (size_t) e * w->expert_stride;
